@@ -1,0 +1,1 @@
+//! therappai-broker
