@@ -1,1 +1,141 @@
-//! therappai-broker
+//! therappai-broker: a local daemon that owns therappai refresh tokens in OS secure storage
+//! and serves short-lived access tokens to allowed local programs over gRPC on a Unix socket.
+//!
+//! Modules in the order a request travels:
+//! [`listener`] → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
+//! [`upstream`] → [`store`]; beside them [`session`] (login, logout, restore, status),
+//! [`secret`], [`config`], [`paths`], [`clock`], [`jwt`], [`telemetry`] and [`error`].
+
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod jwt;
+pub mod listener;
+pub mod paths;
+pub mod peer;
+pub mod policy;
+pub mod refresh;
+pub mod secret;
+pub mod service;
+pub mod session;
+#[path = "/tmp/store_stub.rs"]
+pub mod store;
+pub mod telemetry;
+pub mod upstream;
+
+use crate::cache::Cache;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::refresh::Refresher;
+use crate::service::BrokerService;
+use crate::session::Sessions;
+use crate::store::StoreHandle;
+use crate::upstream::Upstream;
+use std::sync::Arc;
+use therappai_broker_proto::v1::broker_server::BrokerServer;
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why the daemon could not start. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The secure store could not be opened.
+    #[error("cannot open the secure store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The HTTPS client could not be built (e.g. a bad ca_file).
+    #[error("{0}")]
+    Upstream(String),
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Listener(#[from] listener::ListenerError),
+}
+
+/// A started broker: store open, accounts restored, socket bound. Serving starts with
+/// [`Daemon::serve`].
+#[derive(Debug)]
+pub struct Daemon {
+    config: Config,
+    listener: UnixListener,
+    service: BrokerService,
+}
+
+impl Daemon {
+    /// Opens the store, restores sessions and binds the socket. Must run inside a tokio
+    /// runtime.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let choice = config.store.backend;
+        let service_name = config.store.service.clone();
+        let store = tokio::task::spawn_blocking(move || store::open(choice, &service_name))
+            .await
+            .map_err(|e| StartError::Upstream(format!("store start-up task failed: {e}")))??;
+        let store = StoreHandle::new(store);
+        tracing::info!(backend = %store.backend(), detail = %store.describe(), "secure store ready");
+        Self::start_with(config, store, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Daemon::start`] with an injected store and clock (tests).
+    pub async fn start_with(
+        config: Config,
+        store: StoreHandle,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
+        let cache = Arc::new(Cache::new(&config.accounts));
+        let sessions = Arc::new(Sessions::new(
+            Arc::clone(&cache),
+            upstream.clone(),
+            store.clone(),
+            Arc::clone(&clock),
+        ));
+        sessions.restore().await;
+        let refresher = Arc::new(Refresher::new(upstream, store, Arc::clone(&clock)));
+        let listener = listener::bind(&config.socket)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let broker_uid = unsafe { libc::geteuid() };
+        let service = BrokerService {
+            policy: Policy { broker_uid },
+            cache,
+            refresher,
+            sessions,
+            clock,
+        };
+        Ok(Self {
+            config,
+            listener,
+            service,
+        })
+    }
+
+    /// Serves until `shutdown` fires, then lets in-flight calls finish for at most the
+    /// configured grace period, and removes the socket.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+        let Daemon {
+            config,
+            listener,
+            service,
+        } = self;
+        tracing::info!(socket = %config.socket.display(), accounts = config.accounts.len(), "serving");
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let stop = shutdown.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(BrokerServer::new(service))
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(config.shutdown_grace).await;
+            } => {
+                tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls did not finish within the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        listener::remove_socket(&config.socket);
+        tracing::info!("stopped");
+        result
+    }
+}

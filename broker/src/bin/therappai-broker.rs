@@ -1,1 +1,103 @@
-fn main() {}
+//! `therappai-broker --config FILE`: runs the broker in the foreground (systemd runs it).
+//!
+//! `main` is a list of phases: arguments → telemetry → hardening → config (exit 64 on a bad
+//! one) → start (store, sessions, socket) → serve → drain on SIGTERM/SIGINT → exit code.
+
+use anyhow::Context;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use therappai_broker::config::Config;
+use therappai_broker::{Daemon, store};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration or usage error (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// Local token broker for the therappai API: keeps refresh tokens in the OS secure store and
+/// serves short-lived access tokens to allowed local programs over a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, after_help = "Logs go to stderr (journald under systemd). \
+Control it with therappai-brokerctl: login, token, status, logout.")]
+struct Args {
+    /// The TOML config file (see the README for every key).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Log filter, e.g. `info`, `debug`, `therappai_broker=trace`; RUST_LOG overrides it.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(e) = therappai_broker::telemetry::init(&args.log_level) {
+        eprintln!("therappai-broker: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    harden();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("therappai-broker: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("therappai-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// No core dumps and no ptrace by other processes of the same user: memory holds tokens.
+fn harden() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers and only changes this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not make the process non-dumpable");
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(async {
+        if config.store.backend != store::BackendChoice::SecretService {
+            // keyutils needs a session keyring of our own to link into the persistent one.
+            if let Err(e) = store::join_session_keyring() {
+                tracing::warn!(error = %e, "could not join a session keyring of our own");
+            }
+        }
+        let socket = config.socket.clone();
+        let daemon = Daemon::start(config)
+            .await
+            .with_context(|| format!("start the broker on {}", socket.display()))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(forward_signals(shutdown.clone()));
+        daemon.serve(shutdown).await.context("serve gRPC")?;
+        anyhow::Ok(())
+    })
+}
+
+/// SIGTERM or SIGINT → one shutdown signal for every task.
+async fn forward_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,168 @@
+//! The broker's request errors and the one place they become `tonic::Status`.
+//!
+//! The wire contract can be reviewed here: denial → PERMISSION_DENIED, needs login →
+//! UNAUTHENTICATED, upstream down → UNAVAILABLE, rate limit → RESOURCE_EXHAUSTED. Each status
+//! also carries a machine-readable reason in the `x-therappai-reason` metadata key, which
+//! client-lib turns into its error enum. No message here ever contains a token.
+
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+use tonic::{Code, Status};
+
+/// Metadata key carrying [`BrokerError::reason`] on every error status.
+pub const REASON_KEY: &str = "x-therappai-reason";
+
+/// Why a request could not be served. Each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The request named an account that is not in the config.
+    #[error("unknown account \"{account}\": the broker's config defines {}", known_list(.known))]
+    UnknownAccount { account: String, known: Vec<String> },
+    /// The account has never logged in, or was logged out.
+    #[error(
+        "account \"{account}\" is not logged in: run `therappai-brokerctl login --account {account}`"
+    )]
+    NotLoggedIn { account: String },
+    /// The upstream rejected the refresh token: only a new login helps.
+    #[error(
+        "account \"{account}\" needs a new login ({reason}): run `therappai-brokerctl login --account {account}`"
+    )]
+    NeedsLogin { account: String, reason: String },
+    /// Login with a wrong e-mail/password pair.
+    #[error(
+        "login for account \"{account}\" failed: therappai says the e-mail or password is wrong; nothing was stored"
+    )]
+    InvalidCredentials { account: String },
+    /// Policy refused the caller.
+    #[error("{message}")]
+    PermissionDenied { message: String },
+    /// The upstream is unreachable, failing or rate limiting; a retry later can succeed.
+    #[error(
+        "therappai is unavailable for account \"{account}\": {reason}; the broker keeps running, try again shortly"
+    )]
+    UpstreamUnavailable { account: String, reason: String },
+    /// The upstream answered in a way that will not change on retry.
+    #[error("therappai refused the request for account \"{account}\": {reason}")]
+    UpstreamRefused { account: String, reason: String },
+    /// The secure store failed.
+    #[error("secure store failed for account \"{account}\": {source}")]
+    Store {
+        account: String,
+        #[source]
+        source: StoreError,
+    },
+    /// A request field is missing or malformed.
+    #[error("{message}")]
+    InvalidArgument { message: String },
+}
+
+fn known_list(known: &[String]) -> String {
+    if known.is_empty() {
+        "no accounts; add an [[account]] section".to_owned()
+    } else {
+        known
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl BrokerError {
+    /// Turns an upstream failure on `account` into the request error users see.
+    pub fn from_upstream(account: &str, err: UpstreamError) -> Self {
+        let account = account.to_owned();
+        match err {
+            UpstreamError::InvalidCredentials => Self::InvalidCredentials { account },
+            UpstreamError::TokenNotValid { detail } => Self::NeedsLogin {
+                account,
+                reason: format!("therappai rejected the refresh token: {detail}"),
+            },
+            e if e.is_transient() => Self::UpstreamUnavailable {
+                account,
+                reason: e.to_string(),
+            },
+            e => Self::UpstreamRefused {
+                account,
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// Stable machine-readable reason, sent as `x-therappai-reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownAccount { .. } => "unknown-account",
+            Self::NotLoggedIn { .. } => "not-logged-in",
+            Self::NeedsLogin { .. } => "needs-login",
+            Self::InvalidCredentials { .. } => "invalid-credentials",
+            Self::PermissionDenied { .. } => "permission-denied",
+            Self::UpstreamUnavailable { .. } => "upstream-unavailable",
+            Self::UpstreamRefused { .. } => "upstream-refused",
+            Self::Store { .. } => "store-failed",
+            Self::InvalidArgument { .. } => "invalid-argument",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::UnknownAccount { .. } => Code::NotFound,
+            Self::NotLoggedIn { .. } | Self::NeedsLogin { .. } => Code::Unauthenticated,
+            Self::InvalidCredentials { .. } => Code::Unauthenticated,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
+            Self::UpstreamUnavailable { .. } => Code::Unavailable,
+            Self::UpstreamRefused { .. } => Code::FailedPrecondition,
+            Self::Store { .. } => Code::Internal,
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+        }
+    }
+}
+
+impl From<BrokerError> for Status {
+    fn from(err: BrokerError) -> Self {
+        // `{:#}`-style: the store error's own sentence is already in the Display.
+        let mut status = Status::new(err.code(), err.to_string());
+        if let Ok(value) = err.reason().parse() {
+            status.metadata_mut().insert(REASON_KEY, value);
+        }
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_login_is_unauthenticated_and_names_the_command() {
+        let status = Status::from(BrokerError::NeedsLogin {
+            account: "work".into(),
+            reason: "expired".into(),
+        });
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(
+            status
+                .message()
+                .contains("therappai-brokerctl login --account work")
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(REASON_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("needs-login")
+        );
+    }
+
+    #[test]
+    fn transient_upstream_errors_are_unavailable() {
+        let err = BrokerError::from_upstream(
+            "a",
+            UpstreamError::Unavailable {
+                reason: "down".into(),
+            },
+        );
+        assert_eq!(Status::from(err).code(), Code::Unavailable);
+    }
+}

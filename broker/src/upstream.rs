@@ -1,0 +1,351 @@
+//! The therappai API client: login, refresh and revocation over HTTPS.
+//!
+//! HTTPS only, every call bounded by a timeout. Tokens travel only in JSON bodies, never in a
+//! URL; nothing here logs a token, and no error carries one (error details from the server are
+//! scrubbed of the secrets that were sent). Retrying is the refresher's decision, not this
+//! module's: each method makes exactly one HTTP request.
+
+use crate::config::UpstreamConfig;
+use crate::jwt;
+use crate::secret::{AccessToken, Password, RefreshToken};
+use serde::Deserialize;
+use std::time::{Duration, SystemTime};
+use zeroize::Zeroize;
+
+/// An access token and when it expires (wall clock).
+#[derive(Debug)]
+pub struct IssuedAccess {
+    pub token: AccessToken,
+    pub expires_at: SystemTime,
+    /// When the broker received it; with `expires_at` this gives the token's lifetime.
+    pub received_at: SystemTime,
+}
+
+/// What `/login/` returns.
+#[derive(Debug)]
+pub struct LoginTokens {
+    pub access: IssuedAccess,
+    pub refresh: RefreshToken,
+}
+
+/// What `/refresh/` returns: a new access token, and a new refresh token when the server
+/// rotates them.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub access: IssuedAccess,
+    pub rotated: Option<RefreshToken>,
+}
+
+/// What became of a revocation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The server accepted the blacklist call.
+    Done,
+    /// No `revoke_path` is configured.
+    NotConfigured,
+    /// The call failed; the reason is one line for a human.
+    Failed(String),
+}
+
+/// Why an upstream call failed. Messages never contain a token or a password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// Login refused the e-mail/password pair.
+    #[error("therappai refused the e-mail and password (invalid credentials)")]
+    InvalidCredentials,
+    /// The refresh token is invalid, expired or blacklisted: the session needs a new login.
+    #[error("therappai rejected the refresh token ({detail})")]
+    TokenNotValid { detail: String },
+    /// The server answered 4xx for a reason other than the two above.
+    #[error("therappai refused the request: HTTP {status} ({detail})")]
+    Refused { status: u16, detail: String },
+    /// Network failure, timeout or 5xx: worth retrying later.
+    #[error("therappai is unreachable or failing: {reason}")]
+    Unavailable { reason: String },
+    /// 429: the server asked to slow down.
+    #[error("therappai is rate limiting this broker{}", retry_after.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// 200 with a body that is not what the API documents.
+    #[error("therappai answered with an unexpected body: {what}")]
+    Malformed { what: String },
+}
+
+impl UpstreamError {
+    /// Whether a later attempt could succeed without a new login.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::RateLimited { .. })
+    }
+}
+
+/// Lifetime assumed for an access token without an `exp` claim: SimpleJWT's default.
+const DEFAULT_ACCESS_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The HTTPS client for one therappai deployment.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    http: reqwest::Client,
+    base_url: String,
+    revoke_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access: Option<String>,
+    refresh: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    detail: Option<serde_json::Value>,
+    code: Option<String>,
+}
+
+impl Upstream {
+    /// Builds the client. Fails on an unreadable or invalid `ca_file`.
+    pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .https_only(true)
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("therappai-broker/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read [upstream] ca_file {}: {e}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                format!(
+                    "[upstream] ca_file {} is not a PEM certificate: {e}",
+                    path.display()
+                )
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot set up the HTTPS client: {e}"))?;
+        Ok(Self {
+            http,
+            base_url: config.base_url.clone(),
+            revoke_path: config.revoke_path.clone(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// `POST /login/` with e-mail and password, no Authorization header.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &Password,
+    ) -> Result<LoginTokens, UpstreamError> {
+        let body = serde_json::json!({ "email": email, "password": password.expose() });
+        let (status, mut bytes) = self.post("/login/", body).await?;
+        let secrets = [password.expose()];
+        let result = match status {
+            200 => parse_tokens(&bytes).and_then(|t| {
+                let access = t.access.ok_or_else(|| missing("access"))?;
+                let refresh = t.refresh.ok_or_else(|| missing("refresh"))?;
+                Ok(LoginTokens {
+                    access: issued(access),
+                    refresh: RefreshToken::new(refresh),
+                })
+            }),
+            401 => Err(UpstreamError::InvalidCredentials),
+            _ => Err(error_for(status, &bytes, &secrets)),
+        };
+        bytes.zeroize();
+        result
+    }
+
+    /// `POST /refresh/` with the refresh token in the body.
+    pub async fn refresh(&self, refresh: &RefreshToken) -> Result<Refreshed, UpstreamError> {
+        let body = serde_json::json!({ "refresh": refresh.expose() });
+        let (status, mut bytes) = self.post("/refresh/", body).await?;
+        let secrets = [refresh.expose()];
+        let result = match status {
+            200 => parse_tokens(&bytes).and_then(|t| {
+                let access = t.access.ok_or_else(|| missing("access"))?;
+                Ok(Refreshed {
+                    access: issued(access),
+                    rotated: t.refresh.map(RefreshToken::new),
+                })
+            }),
+            _ => Err(error_for(status, &bytes, &secrets)),
+        };
+        bytes.zeroize();
+        result
+    }
+
+    /// Blacklists `refresh` through the configured revocation path. Never fails: the outcome
+    /// says whether the upstream was told.
+    pub async fn revoke(&self, refresh: &RefreshToken) -> Revocation {
+        let Some(path) = self.revoke_path.clone() else {
+            return Revocation::NotConfigured;
+        };
+        let body = serde_json::json!({ "refresh": refresh.expose() });
+        match self.post(&path, body).await {
+            Ok((200..=299, mut bytes)) => {
+                bytes.zeroize();
+                Revocation::Done
+            }
+            Ok((404, _)) => Revocation::Failed(format!(
+                "the revocation path {path} does not exist upstream (HTTP 404)"
+            )),
+            Ok((status, mut bytes)) => {
+                let err = error_for(status, &bytes, &[refresh.expose()]);
+                bytes.zeroize();
+                Revocation::Failed(err.to_string())
+            }
+            Err(err) => Revocation::Failed(err.to_string()),
+        }
+    }
+
+    /// One POST with a JSON body; returns the status and the raw body.
+    async fn post(
+        &self,
+        path: &str,
+        mut body: serde_json::Value,
+    ) -> Result<(u16, Vec<u8>), UpstreamError> {
+        let url = format!("{}{}", self.base_url, path);
+        let payload = serde_json::to_vec(&body);
+        scrub_json(&mut body);
+        let mut payload = payload.map_err(|e| UpstreamError::Malformed {
+            what: format!("cannot encode request: {e}"),
+        })?;
+        let sent = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(payload.clone())
+            .send()
+            .await;
+        payload.zeroize();
+        let response = sent.map_err(|e| transport_error(&url, &e))?;
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&url, &e))?
+            .to_vec();
+        if status == 429 {
+            return Err(UpstreamError::RateLimited { retry_after });
+        }
+        if status >= 500 {
+            return Err(UpstreamError::Unavailable {
+                reason: format!("POST {url} answered HTTP {status}"),
+            });
+        }
+        Ok((status, bytes))
+    }
+}
+
+fn issued(access: String) -> IssuedAccess {
+    let received_at = SystemTime::now();
+    let expires_at = jwt::expiry(&access).unwrap_or(received_at + DEFAULT_ACCESS_LIFETIME);
+    IssuedAccess {
+        token: AccessToken::new(access),
+        expires_at,
+        received_at,
+    }
+}
+
+fn parse_tokens(bytes: &[u8]) -> Result<TokenBody, UpstreamError> {
+    serde_json::from_slice(bytes).map_err(|_| UpstreamError::Malformed {
+        what: "the body is not the JSON object {\"access\", \"refresh\"} the API documents".into(),
+    })
+}
+
+fn missing(field: &str) -> UpstreamError {
+    UpstreamError::Malformed {
+        what: format!("the JSON body has no \"{field}\" field"),
+    }
+}
+
+/// Overwrites every string in a JSON value, so the request body does not linger in memory.
+fn scrub_json(value: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = value {
+        for v in map.values_mut() {
+            if let serde_json::Value::String(s) = v {
+                s.zeroize();
+            }
+        }
+    }
+}
+
+/// The error for a non-2xx, non-5xx, non-429 answer.
+fn error_for(status: u16, bytes: &[u8], sent_secrets: &[&str]) -> UpstreamError {
+    let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
+    let mut detail = match &body.detail {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::from_utf8_lossy(bytes).chars().take(200).collect(),
+    };
+    // A server could echo what it was sent; a secret must never reach a log or an error.
+    if sent_secrets
+        .iter()
+        .any(|s| !s.is_empty() && detail.contains(s))
+    {
+        detail = "[detail withheld: it echoed a secret]".into();
+    }
+    detail.truncate(200);
+    let token_not_valid = body.code.as_deref() == Some("token_not_valid");
+    match status {
+        401 | 400 if token_not_valid => UpstreamError::TokenNotValid { detail },
+        401 => UpstreamError::TokenNotValid { detail },
+        _ => UpstreamError::Refused { status, detail },
+    }
+}
+
+fn transport_error(url: &str, e: &reqwest::Error) -> UpstreamError {
+    // reqwest's Display includes the URL, which never carries a secret here.
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut source = String::new();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        source = c.to_string();
+        cause = c.source();
+    }
+    UpstreamError::Unavailable {
+        reason: if source.is_empty() {
+            format!("POST {url}: {kind}")
+        } else {
+            format!("POST {url}: {kind}: {source}")
+        },
+    }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_not_valid_is_final_and_scrubbed() {
+        let body = br#"{"detail":"bad token abc.def.ghi","code":"token_not_valid"}"#;
+        let err = error_for(401, body, &["abc.def.ghi"]);
+        assert!(matches!(err, UpstreamError::TokenNotValid { .. }));
+        assert!(!err.to_string().contains("abc.def.ghi"), "{err}");
+    }
+
+    #[test]
+    fn other_400_is_refused_not_final() {
+        let err = error_for(400, br#"{"refresh":["This field is required."]}"#, &[]);
+        assert!(matches!(err, UpstreamError::Refused { status: 400, .. }));
+        assert!(!err.is_transient());
+    }
+}
