@@ -4,7 +4,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
-    unsafe { std::env::set_var("PROTOC", protoc) };
+    #[expect(clippy::disallowed_methods, reason = "single-threaded build script")]
+    unsafe {
+        std::env::set_var("PROTOC", protoc)
+    };
     let server = std::env::var_os("CARGO_FEATURE_SERVER").is_some();
     let client = std::env::var_os("CARGO_FEATURE_CLIENT").is_some();
     tonic_prost_build::configure()

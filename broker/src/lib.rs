@@ -6,6 +6,9 @@
 //! [`upstream`] → [`store`]; beside them [`session`] (login, logout, restore, status),
 //! [`secret`], [`config`], [`paths`], [`clock`], [`jwt`], [`telemetry`] and [`error`].
 
+// The daemon reports through tracing (stderr/journald), never stdout.
+#![deny(clippy::print_stdout)]
+
 pub mod cache;
 pub mod clock;
 pub mod config;

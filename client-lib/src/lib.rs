@@ -1,1 +1,164 @@
-//! client
+//! Client library for therappai-broker: ask the local broker for a therappai access token.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), therappai_broker_client::Error> {
+//! let mut broker = therappai_broker_client::Client::connect_default().await?;
+//! let token = broker.access_token("default").await?;
+//! // use token.expose_secret() in `Authorization: Bearer …`; never log it.
+//! # Ok(()) }
+//! ```
+//!
+//! The broker decides from the kernel's peer credentials whether this process may have the
+//! token; there is nothing to authenticate here.
+
+mod error;
+mod token;
+
+pub use error::Error;
+pub use therappai_broker_proto::v1 as proto;
+pub use token::AccessToken;
+
+use secrecy::{ExposeSecret, SecretString};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use therappai_broker_proto::v1::broker_client::BrokerClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub use therappai_broker_proto::SOCKET_ENV;
+
+/// A connection to the broker. Cheap to clone; calls may run concurrently.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: BrokerClient<Channel>,
+    socket: PathBuf,
+}
+
+/// The socket clients dial: `THERAPPAI_BROKER_SOCKET`, else the broker's default path.
+pub fn default_socket() -> Result<PathBuf, Error> {
+    match std::env::var_os(SOCKET_ENV) {
+        Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => therappai_broker_proto::default_socket_path().map_err(Error::NoSocketPath),
+    }
+}
+
+impl Client {
+    /// Connects to [`default_socket`].
+    pub async fn connect_default() -> Result<Self, Error> {
+        Self::connect(default_socket()?).await
+    }
+
+    /// Connects to the broker listening on `socket`.
+    pub async fn connect(socket: impl AsRef<Path>) -> Result<Self, Error> {
+        let socket = socket.as_ref().to_owned();
+        let unreachable = |reason: String| Error::Unreachable {
+            socket: socket.clone(),
+            reason,
+        };
+        if !socket.exists() {
+            return Err(unreachable("no socket at that path".to_owned()));
+        }
+        let endpoint = Endpoint::from_shared(format!("unix://{}", socket.display()))
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut reason = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                reason = c.to_string();
+                cause = c.source();
+            }
+            unreachable(reason)
+        })?;
+        Ok(Self {
+            inner: BrokerClient::new(channel),
+            socket,
+        })
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// An access token for `account`, valid for at least 30 seconds.
+    pub async fn access_token(&mut self, account: &str) -> Result<AccessToken, Error> {
+        self.request_token(account, None).await
+    }
+
+    /// An access token for `account`, valid for at least `min_valid` (capped by the broker at
+    /// half the token lifetime therappai issues).
+    pub async fn access_token_valid_for(
+        &mut self,
+        account: &str,
+        min_valid: Duration,
+    ) -> Result<AccessToken, Error> {
+        let seconds = u32::try_from(min_valid.as_secs()).unwrap_or(u32::MAX);
+        self.request_token(account, Some(seconds)).await
+    }
+
+    async fn request_token(
+        &mut self,
+        account: &str,
+        min_valid_seconds: Option<u32>,
+    ) -> Result<AccessToken, Error> {
+        let request = proto::GetAccessTokenRequest {
+            account: account.to_owned(),
+            min_valid_seconds,
+        };
+        let mut response = self
+            .inner
+            .get_access_token(request)
+            .await
+            .map_err(|s| Error::from_status(s, account, &self.socket))?
+            .into_inner();
+        Ok(AccessToken::new(
+            std::mem::take(&mut response.access_token),
+            from_unix(response.expires_at_unix),
+            std::mem::take(&mut response.fingerprint),
+        ))
+    }
+
+    /// Admin: logs `account` in with `password`. Returns the new access token's expiry.
+    pub async fn login(
+        &mut self,
+        account: &str,
+        password: &SecretString,
+    ) -> Result<SystemTime, Error> {
+        let request = proto::LoginRequest {
+            account: account.to_owned(),
+            password: password.expose_secret().to_owned(),
+        };
+        let response = self
+            .inner
+            .login(request)
+            .await
+            .map_err(|s| Error::from_status(s, account, &self.socket))?
+            .into_inner();
+        Ok(from_unix(response.access_expires_at_unix))
+    }
+
+    /// Admin: logs `account` out and reports each step.
+    pub async fn logout(&mut self, account: &str) -> Result<proto::LogoutResponse, Error> {
+        let request = proto::LogoutRequest {
+            account: account.to_owned(),
+        };
+        self.inner
+            .logout(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Error::from_status(s, account, &self.socket))
+    }
+
+    /// The state of every account the caller may see. Carries no token.
+    pub async fn status(&mut self) -> Result<proto::StatusResponse, Error> {
+        self.inner
+            .status(proto::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Error::from_status(s, "", &self.socket))
+    }
+}
+
+fn from_unix(seconds: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}

@@ -1,1 +1,361 @@
-fn main() {}
+//! `therappai-brokerctl`: log accounts in and out, print tokens for scripts, show status.
+//!
+//! Start-up is most of a `token` call's cost, so this runs on a current-thread runtime and
+//! does nothing the subcommand does not need. Secrets never come from argv and are never
+//! printed, except the access token that `token` exists to print.
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use therappai_broker_client::{Client, Error, proto};
+
+/// Exit codes, documented in the README and `--help`.
+mod exit {
+    pub const OTHER: u8 = 1;
+    pub const NOT_LOGGED_IN: u8 = 3;
+    pub const PERMISSION_DENIED: u8 = 4;
+    pub const UNREACHABLE: u8 = 5;
+    pub const UPSTREAM: u8 = 6;
+    pub const INVALID_CREDENTIALS: u8 = 7;
+    pub const UNKNOWN_ACCOUNT: u8 = 8;
+    pub const RATE_LIMITED: u8 = 9;
+    pub const STORE: u8 = 10;
+}
+
+const EXIT_CODES_HELP: &str = "Exit codes:
+  0  success
+  1  other error
+  2  usage error
+  3  account not logged in, or its session ended (run the login command shown)
+  4  permission denied by the broker's policy
+  5  broker not reachable (not running, or wrong --socket)
+  6  therappai unreachable or refused the request
+  7  login refused: wrong e-mail or password
+  8  unknown account (not in the broker's config)
+  9  rate limited: wait and try again
+ 10  the broker's secure store failed";
+
+/// Control the therappai token broker.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXIT_CODES_HELP)]
+struct Cli {
+    /// Broker socket [default: $THERAPPAI_BROKER_SOCKET, else
+    /// $XDG_RUNTIME_DIR/therappai-broker/broker.sock, or /run/therappai-broker/broker.sock as root]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "THERAPPAI_BROKER_SOCKET"
+    )]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Log an account in (asks for the password without echo).
+    Login {
+        #[arg(long, value_name = "NAME")]
+        account: String,
+        /// Read the password from the first line of standard input instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Print an access token for the account (only the token, for scripts).
+    Token {
+        #[arg(long, value_name = "NAME")]
+        account: String,
+        /// The token must stay valid for at least this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        min_valid: Option<u32>,
+    },
+    /// Show every account's session state. Never shows a token.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Log an account out: tell therappai (if configured), delete the stored token.
+    Logout {
+        #[arg(long, value_name = "NAME")]
+        account: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("therappai-brokerctl: cannot start: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Broker(e)) => {
+            eprintln!("therappai-brokerctl: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+        Err(CliError::Local(message)) => {
+            eprintln!("therappai-brokerctl: {message}");
+            ExitCode::from(exit::OTHER)
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CliError {
+    Broker(Error),
+    Local(String),
+}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        Self::Broker(e)
+    }
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::NotLoggedIn { .. } => exit::NOT_LOGGED_IN,
+        Error::PermissionDenied { .. } => exit::PERMISSION_DENIED,
+        Error::Unreachable { .. } | Error::NoSocketPath(_) => exit::UNREACHABLE,
+        Error::Upstream { .. } => exit::UPSTREAM,
+        Error::InvalidCredentials { .. } => exit::INVALID_CREDENTIALS,
+        Error::UnknownAccount { .. } => exit::UNKNOWN_ACCOUNT,
+        Error::RateLimited { .. } => exit::RATE_LIMITED,
+        Error::Store { .. } => exit::STORE,
+        _ => exit::OTHER,
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let socket = match cli.socket {
+        Some(path) => path,
+        None => therappai_broker_client::default_socket()?,
+    };
+    match cli.command {
+        Command::Token { account, min_valid } => {
+            let mut client = Client::connect(&socket).await?;
+            let token = match min_valid {
+                Some(s) => {
+                    client
+                        .access_token_valid_for(&account, Duration::from_secs(u64::from(s)))
+                        .await?
+                }
+                None => client.access_token(&account).await?,
+            };
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", token.expose_secret())
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::Local(format!("cannot write the token to stdout: {e}")))?;
+        }
+        Command::Login {
+            account,
+            password_stdin,
+        } => {
+            // Connect first: no point asking for a password when nobody is listening.
+            let mut client = Client::connect(&socket).await?;
+            let password = read_password(&account, password_stdin)?;
+            let expires = client.login(&account, &password).await?;
+            println!(
+                "Logged in account \"{account}\"; its refresh token is in the broker's secure store (access token valid {}).",
+                describe_until(expires)
+            );
+        }
+        Command::Logout { account } => {
+            let mut client = Client::connect(&socket).await?;
+            let report = client.logout(&account).await?;
+            print_logout(&account, &report);
+        }
+        Command::Status { json } => {
+            let mut client = Client::connect(&socket).await?;
+            let status = client.status().await?;
+            if json {
+                println!("{}", status_json(&status, &socket));
+            } else {
+                print_status(&status, &socket);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_password(account: &str, from_stdin: bool) -> Result<SecretString, CliError> {
+    let mut line = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| CliError::Local(format!("cannot read the password from stdin: {e}")))?;
+        line
+    } else {
+        rpassword::prompt_password(format!("therappai password for account \"{account}\": "))
+            .map_err(|e| {
+                CliError::Local(format!(
+                    "cannot read the password from the terminal ({e}); use --password-stdin"
+                ))
+            })?
+    };
+    let trimmed_len = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(trimmed_len);
+    if line.is_empty() {
+        return Err(CliError::Local(
+            "the password is empty; nothing was sent".to_owned(),
+        ));
+    }
+    Ok(SecretString::from(line))
+}
+
+fn print_logout(account: &str, report: &proto::LogoutResponse) {
+    if !report.was_logged_in {
+        println!("Account \"{account}\" was already logged out; nothing to do.");
+        return;
+    }
+    println!("Logged out account \"{account}\":");
+    println!("  tokens in broker memory: wiped");
+    println!(
+        "  refresh token in secure store: {}",
+        if report.store_entry_deleted {
+            "deleted"
+        } else {
+            "NOT deleted"
+        }
+    );
+    let upstream = proto::UpstreamRevocation::try_from(report.upstream).unwrap_or_default();
+    let marker = match upstream {
+        proto::UpstreamRevocation::Done => "revoked",
+        proto::UpstreamRevocation::NothingToRevoke => "nothing to revoke",
+        _ => "warning",
+    };
+    println!("  therappai: {marker}: {}", report.upstream_detail);
+}
+
+fn state_name(state: i32) -> &'static str {
+    match proto::SessionState::try_from(state).unwrap_or_default() {
+        proto::SessionState::LoggedOut => "logged-out",
+        proto::SessionState::Active => "active",
+        proto::SessionState::Refreshing => "refreshing",
+        proto::SessionState::NeedsLogin => "needs-login",
+        proto::SessionState::Unspecified => "unknown",
+    }
+}
+
+fn print_status(status: &proto::StatusResponse, socket: &std::path::Path) {
+    println!(
+        "therappai-broker {} on {}",
+        status.broker_version,
+        socket.display()
+    );
+    println!("store: {} ({})", status.store_backend, status.store_detail);
+    if status.accounts.is_empty() {
+        println!("No accounts configured: add an [[account]] section to the broker's config.");
+        return;
+    }
+    println!();
+    println!(
+        "{:<16} {:<12} {:<28} {:<22} {:<14} LAST REFRESH",
+        "ACCOUNT", "STATE", "EMAIL", "ACCESS TOKEN", "REFRESH TOKEN"
+    );
+    for a in &status.accounts {
+        let access = match a.access_expires_at_unix {
+            Some(t) => describe_until(from_unix(t)),
+            None => "none in memory".to_owned(),
+        };
+        let last = match a.last_refresh_at_unix {
+            Some(t) => format!(
+                "{}: {}",
+                describe_since(from_unix(t)),
+                a.last_refresh_outcome
+            ),
+            None => "never".to_owned(),
+        };
+        println!(
+            "{:<16} {:<12} {:<28} {:<22} {:<14} {}",
+            a.name,
+            state_name(a.state),
+            a.email,
+            access,
+            if a.refresh_token_stored {
+                "stored"
+            } else {
+                "none"
+            },
+            last
+        );
+    }
+    for a in &status.accounts {
+        match proto::SessionState::try_from(a.state).unwrap_or_default() {
+            proto::SessionState::NeedsLogin | proto::SessionState::LoggedOut => {
+                println!(
+                    "\n\"{}\" needs a login: therappai-brokerctl login --account {}",
+                    a.name, a.name
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+fn status_json(status: &proto::StatusResponse, socket: &std::path::Path) -> serde_json::Value {
+    let accounts: Vec<_> = status
+        .accounts
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.name,
+                "email": a.email,
+                "base_url": a.base_url,
+                "state": state_name(a.state),
+                "access_expires_at_unix": a.access_expires_at_unix,
+                "refresh_token_stored": a.refresh_token_stored,
+                "last_refresh_at_unix": a.last_refresh_at_unix,
+                "last_refresh_outcome": a.last_refresh_outcome,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "broker_version": status.broker_version,
+        "socket": socket.display().to_string(),
+        "store_backend": status.store_backend,
+        "store_detail": status.store_detail,
+        "accounts": accounts,
+    })
+}
+
+fn from_unix(seconds: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
+fn describe_until(t: SystemTime) -> String {
+    match t.duration_since(SystemTime::now()) {
+        Ok(left) => format!("for {}", short(left)),
+        Err(_) => "expired".to_owned(),
+    }
+}
+
+fn describe_since(t: SystemTime) -> String {
+    match SystemTime::now().duration_since(t) {
+        Ok(ago) => format!("{} ago", short(ago)),
+        Err(_) => "just now".to_owned(),
+    }
+}
+
+fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}

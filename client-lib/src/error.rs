@@ -1,0 +1,79 @@
+//! The errors apps match on. Each says what happened and what to do next.
+
+use std::path::PathBuf;
+
+/// Why a broker call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No broker answers on the socket (not running, wrong path, or no permission on it).
+    #[error(
+        "the therappai broker is not reachable at {socket}: {reason}. Start it with `systemctl start therappai-broker` (or `systemctl --user start therappai-broker`), or point at it with --socket PATH / THERAPPAI_BROKER_SOCKET"
+    )]
+    Unreachable { socket: PathBuf, reason: String },
+    /// No socket path was given and none can be derived.
+    #[error("{0}")]
+    NoSocketPath(&'static str),
+    /// The account is logged out, or its session ended: a login is needed.
+    #[error("{message}")]
+    NotLoggedIn { account: String, message: String },
+    /// The e-mail/password pair was refused at login.
+    #[error("{message}")]
+    InvalidCredentials { message: String },
+    /// The broker's policy does not allow this caller.
+    #[error("{message}")]
+    PermissionDenied { message: String },
+    /// The account is not in the broker's config.
+    #[error("{message}")]
+    UnknownAccount { message: String },
+    /// therappai is unreachable, failing or refused the request.
+    #[error("{message}")]
+    Upstream { message: String },
+    /// Too many attempts; try again later.
+    #[error("{message}")]
+    RateLimited { message: String },
+    /// The broker's secure store failed.
+    #[error("{message}")]
+    Store { message: String },
+    /// Any other failure reported by the broker.
+    #[error("the broker answered {code:?}: {message}")]
+    Other { code: tonic::Code, message: String },
+}
+
+impl Error {
+    pub(crate) fn from_status(
+        status: tonic::Status,
+        account: &str,
+        socket: &std::path::Path,
+    ) -> Self {
+        let reason = status
+            .metadata()
+            .get("x-therappai-reason")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let message = status.message().to_owned();
+        match (reason.as_str(), status.code()) {
+            ("not-logged-in" | "needs-login", _) => Self::NotLoggedIn {
+                account: account.to_owned(),
+                message,
+            },
+            ("invalid-credentials", _) => Self::InvalidCredentials { message },
+            ("permission-denied", _) | (_, tonic::Code::PermissionDenied) => {
+                Self::PermissionDenied { message }
+            }
+            ("unknown-account", _) => Self::UnknownAccount { message },
+            ("upstream-unavailable" | "upstream-refused", _) => Self::Upstream { message },
+            ("rate-limited", _) | (_, tonic::Code::ResourceExhausted) => {
+                Self::RateLimited { message }
+            }
+            ("store-failed", _) => Self::Store { message },
+            // A transport failure (broker gone mid-call, socket refused) carries no reason.
+            ("", tonic::Code::Unavailable | tonic::Code::Unknown) => Self::Unreachable {
+                socket: socket.to_owned(),
+                reason: message,
+            },
+            (_, code) => Self::Other { code, message },
+        }
+    }
+}
