@@ -1,1 +1,122 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `demo`: a fake therappai on loopback, the broker on the default store, a demo login and a
+//!   token summary; then keeps serving so `therappai-brokerctl` can be tried.
+//! - `test`: installs what the tests need (Debian packages) when missing, checks formatting
+//!   and lints, and runs every test.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+mod demo;
+
+/// Debian packages the end-to-end tests use, and a binary each provides.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("dbus", "dbus-daemon"),
+    ("dbus-x11", "dbus-launch"),
+    ("gnome-keyring", "gnome-keyring-daemon"),
+    ("libsecret-tools", "secret-tool"),
+    ("keyutils", "keyctl"),
+];
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "demo" => demo::run_demo(),
+        "test" => test(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <demo|test>\n  demo  run the broker against a fake therappai and keep serving\n  test  install test dependencies if missing, lint, and run every test"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing with its name if it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("+ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn on_path(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(binary).is_file()))
+        .unwrap_or(false)
+}
+
+fn install_test_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, binary)| !on_path(binary))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    if !root_user {
+        bail!(
+            "the tests need these Debian packages: {}. Install them with `sudo apt-get update && sudo apt-get install -y {}` and run `cargo xtask test` again",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    run("apt-get", &["update", "-qq"])?;
+    let status = Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("run apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed with {status}", missing.join(" "));
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    install_test_packages()?;
+    run("cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The end-to-end tests start the real binaries: build them first.
+    run("cargo", &["build", "--workspace", "--bins"])?;
+    run("cargo", &["test", "--workspace"])?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Starting, restarting and talking to the real `therappai-broker` binary.
+
+use crate::keyring::SecretServiceSession;
+use crate::{unique_name, wait_until, workspace_bin};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Which real store the broker uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    SecretService,
+    Keyutils,
+}
+
+/// What to put in the broker's config.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    pub store: StoreKind,
+    /// `(name, email)` of each `[[account]]`.
+    pub accounts: Vec<(String, String)>,
+    pub revoke_path: Option<String>,
+    /// Log filter passed as `--log-level`.
+    pub log_level: String,
+}
+
+impl BrokerOptions {
+    /// One account `default` for `email`, on `store`.
+    pub fn new(store: StoreKind, email: &str) -> Self {
+        Self {
+            store,
+            accounts: vec![("default".to_owned(), email.to_owned())],
+            revoke_path: None,
+            log_level: "debug".to_owned(),
+        }
+    }
+}
+
+/// One CLI run.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A running broker in a private directory, with its store.
+#[derive(Debug)]
+pub struct Broker {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    /// Keyring service name, unique to this broker.
+    pub service: String,
+    pub options: BrokerOptions,
+    pub secret_service: Option<SecretServiceSession>,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Writes the config for the fake at `base_url` (trusting `ca_pem`) and starts the broker.
+    #[track_caller]
+    pub fn start(options: BrokerOptions, base_url: &str, ca_pem: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).expect("write CA");
+        let socket = dir.path().join("run/broker.sock");
+        let service = unique_name("therappai-broker-test");
+        let config_path = dir.path().join("broker.toml");
+        let mut config = format!(
+            "socket = \"{}\"\nshutdown_grace_seconds = 3\n\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = 5\n",
+            socket.display(),
+            match options.store {
+                StoreKind::SecretService => "secret-service",
+                StoreKind::Keyutils => "keyutils",
+            },
+            ca_file.display()
+        );
+        if let Some(path) = &options.revoke_path {
+            config.push_str(&format!("revoke_path = \"{path}\"\n"));
+        }
+        for (name, email) in &options.accounts {
+            config.push_str(&format!("\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"));
+        }
+        std::fs::write(&config_path, config).expect("write config");
+        let secret_service = (options.store == StoreKind::SecretService).then(SecretServiceSession::start);
+        let log_path = dir.path().join("broker.log");
+        let mut broker = Self {
+            dir,
+            socket,
+            config_path,
+            log_path,
+            service,
+            options,
+            secret_service,
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Environment every process of this broker's world gets (the private bus, if any).
+    fn bus_env(&self, command: &mut Command) {
+        command.env_remove("DBUS_SESSION_BUS_ADDRESS");
+        if let Some(ss) = &self.secret_service {
+            command.env("DBUS_SESSION_BUS_ADDRESS", ss.address());
+        }
+    }
+
+    #[track_caller]
+    fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open broker log");
+        let mut command = Command::new(workspace_bin("therappai-broker"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--log-level")
+            .arg(&self.options.log_level)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        self.bus_env(&mut command);
+        let child = command.spawn().expect("spawn therappai-broker");
+        self.child = Some(child);
+        let socket = self.socket.clone();
+        let log_path = self.log_path.clone();
+        let child = self.child.as_mut().expect("child");
+        wait_until("the broker's socket to accept connections", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the broker exited with {status} before listening; its log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    /// SIGTERM, then waits for the exit status (bounded).
+    #[track_caller]
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("broker is running");
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let mut status = None;
+        wait_until("the broker to exit after SIGTERM", Duration::from_secs(15), || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+
+    /// Stops and starts the broker with the same config, store and log.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "broker exited with {status} on SIGTERM");
+        self.spawn();
+    }
+
+    /// Whether the broker process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Everything the broker wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Runs `therappai-brokerctl --socket SOCKET args…`.
+    pub async fn ctl(&self, args: &[&str]) -> CtlOutput {
+        self.ctl_with_stdin(args, None).await
+    }
+
+    /// As [`Broker::ctl`], writing `stdin` to its standard input.
+    #[track_caller]
+    pub async fn ctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
+        let mut command = Command::new(workspace_bin("therappai-brokerctl"));
+        command
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let stdin = stdin.map(str::to_owned);
+        let output = tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().expect("spawn therappai-brokerctl");
+            if let Some(text) = stdin {
+                let mut pipe = child.stdin.take().expect("stdin pipe");
+                pipe.write_all(text.as_bytes()).expect("write stdin");
+            }
+            child.wait_with_output().expect("wait therappai-brokerctl")
+        })
+        .await
+        .expect("ctl task");
+        CtlOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `login --account NAME --password-stdin`, asserting success.
+    #[track_caller]
+    pub async fn login(&self, account: &str, password: &str) {
+        let out = self
+            .ctl_with_stdin(&["login", "--account", account, "--password-stdin"], Some(&format!("{password}\n")))
+            .await;
+        assert_eq!(out.code, 0, "login failed: {}", out.stderr);
+    }
+
+    /// `token --account NAME`, asserting success; returns the token.
+    #[track_caller]
+    pub async fn token(&self, account: &str) -> String {
+        let out = self.ctl(&["token", "--account", account]).await;
+        assert_eq!(out.code, 0, "token failed: {}", out.stderr);
+        out.stdout.trim().to_owned()
+    }
+
+    /// A client-lib connection to this broker.
+    #[track_caller]
+    pub async fn client(&self) -> therappai_broker_client::Client {
+        therappai_broker_client::Client::connect(&self.socket)
+            .await
+            .expect("connect client-lib")
+    }
+
+    /// Whether the store itself holds an entry for `account`, asked through the store's own
+    /// tools (secret-tool / keyctl), not through the broker.
+    #[track_caller]
+    pub fn store_has_entry(&self, account: &str) -> bool {
+        match self.options.store {
+            StoreKind::SecretService => self
+                .secret_service
+                .as_ref()
+                .expect("secret service session")
+                .has_entry(&self.service, account),
+            StoreKind::Keyutils => crate::keyring::keyutils_has_entry(&self.service, account),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
