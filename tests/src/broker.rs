@@ -267,3 +267,34 @@ impl Drop for Broker {
         }
     }
 }
+
+/// Runs the broker with `config` (written to a private directory; `{dir}` in the text is
+/// replaced by that directory) and expects it to refuse to start. Returns its exit code and
+/// output.
+#[track_caller]
+pub fn broker_refuses(config: &str) -> CtlOutput {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config.replace("{dir}", &dir.path().display().to_string());
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut child = Command::new(workspace_bin("therappai-broker"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn therappai-broker");
+    let mut status = None;
+    wait_until("the broker to refuse its config and exit", Duration::from_secs(20), || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let output = child.wait_with_output().expect("output");
+    CtlOutput {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -10,7 +10,7 @@
 pub mod broker;
 pub mod keyring;
 
-pub use broker::{Broker, BrokerOptions, CtlOutput, StoreKind};
+pub use broker::{Broker, BrokerOptions, CtlOutput, StoreKind, broker_refuses};
 pub use keyring::SecretServiceSession;
 
 use std::path::PathBuf;

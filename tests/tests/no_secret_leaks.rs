@@ -1,0 +1,85 @@
+//! The whole flow at trace level: no access token, refresh token or password may appear in
+//! the broker's output or in anything the CLI printed other than `token`'s own stdout.
+
+use fake_therappai::{FakeConfig, FakeTherappai};
+use std::time::Duration;
+use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, assert_no_secret};
+
+const EMAIL: &str = "erin@example.com";
+const PASSWORD: &str = "erins-very-secret-password";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_password_in_logs_or_cli_output() {
+    let fake = FakeTherappai::start(FakeConfig {
+        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
+        access_lifetime: Duration::ZERO,
+        ..FakeConfig::default()
+    })
+    .await
+    .expect("start fake therappai");
+    fake.knobs().set_rotation(true);
+    let mut options = BrokerOptions::new(StoreKind::SecretService, EMAIL);
+    options.log_level = "trace".to_owned();
+    options.revoke_path = Some("/token/blacklist/".to_owned());
+    let mut broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
+
+    let mut printed = String::new();
+    let mut record = |out: therappai_broker_e2e::CtlOutput, stdout_is_token: bool| {
+        printed.push_str(&out.stderr);
+        if !stdout_is_token {
+            printed.push_str(&out.stdout);
+        }
+        out
+    };
+
+    // Wrong password, then right one.
+    record(
+        broker
+            .ctl_with_stdin(&["login", "--account", "default", "--password-stdin"], Some("not-the-password-at-all\n"))
+            .await,
+        false,
+    );
+    record(
+        broker
+            .ctl_with_stdin(&["login", "--account", "default", "--password-stdin"], Some(&format!("{PASSWORD}\n")))
+            .await,
+        false,
+    );
+    // Refresh with rotation, a cached token, status, an upstream failure, a restart.
+    record(broker.ctl(&["token", "--account", "default"]).await, true);
+    record(broker.ctl(&["token", "--account", "default", "--min-valid", "0"]).await, true);
+    record(broker.ctl(&["status"]).await, false);
+    record(broker.ctl(&["status", "--json"]).await, false);
+    fake.knobs().set_down(true);
+    record(broker.ctl(&["token", "--account", "default"]).await, false);
+    fake.knobs().set_down(false);
+    broker.restart();
+    record(broker.ctl(&["token", "--account", "default"]).await, true);
+    // A rejected refresh token, then a logout with revocation.
+    fake.revoke_all_refresh_tokens();
+    fake.knobs().set_access_lifetime(Duration::ZERO);
+    record(broker.ctl(&["token", "--account", "default"]).await, false);
+    record(
+        broker
+            .ctl_with_stdin(&["login", "--account", "default", "--password-stdin"], Some(&format!("{PASSWORD}\n")))
+            .await,
+        false,
+    );
+    record(broker.ctl(&["logout", "--account", "default"]).await, false);
+    broker.stop();
+
+    let mut secrets = fake.issued_tokens();
+    assert!(secrets.len() >= 6, "the flow must have issued tokens to scan for, got {}", secrets.len());
+    secrets.push(PASSWORD.to_owned());
+    let logs = broker.logs();
+    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the broker must have logged verbosely");
+    assert_no_secret("the broker's log", &logs, &secrets);
+    assert_no_secret("the CLI's output", &printed, &secrets);
+    // The JWT payloads are secret too: no part of any token (header excepted) may leak.
+    let parts: Vec<String> = fake
+        .issued_tokens()
+        .iter()
+        .flat_map(|t| t.split('.').skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    assert_no_secret("the broker's log (token parts)", &logs, &parts);
+}
