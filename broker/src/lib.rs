@@ -22,7 +22,6 @@ pub mod refresh;
 pub mod secret;
 pub mod service;
 pub mod session;
-#[path = "/tmp/store_stub.rs"]
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -83,10 +83,13 @@ impl Broker {
             config.push_str(&format!("revoke_path = \"{path}\"\n"));
         }
         for (name, email) in &options.accounts {
-            config.push_str(&format!("\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"));
+            config.push_str(&format!(
+                "\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"
+            ));
         }
         std::fs::write(&config_path, config).expect("write config");
-        let secret_service = (options.store == StoreKind::SecretService).then(SecretServiceSession::start);
+        let secret_service =
+            (options.store == StoreKind::SecretService).then(SecretServiceSession::start);
         let log_path = dir.path().join("broker.log");
         let mut broker = Self {
             dir,
@@ -124,6 +127,7 @@ impl Broker {
             .arg("--log-level")
             .arg(&self.options.log_level)
             .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
@@ -133,15 +137,19 @@ impl Broker {
         let socket = self.socket.clone();
         let log_path = self.log_path.clone();
         let child = self.child.as_mut().expect("child");
-        wait_until("the broker's socket to accept connections", Duration::from_secs(30), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the broker exited with {status} before listening; its log:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
+        wait_until(
+            "the broker's socket to accept connections",
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "the broker exited with {status} before listening; its log:\n{}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                }
+                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+            },
+        );
     }
 
     /// SIGTERM, then waits for the exit status (bounded).
@@ -152,10 +160,14 @@ impl Broker {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let mut status = None;
-        wait_until("the broker to exit after SIGTERM", Duration::from_secs(15), || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-        });
+        wait_until(
+            "the broker to exit after SIGTERM",
+            Duration::from_secs(15),
+            || {
+                status = child.try_wait().expect("try_wait");
+                status.is_some()
+            },
+        );
         status.expect("exited")
     }
 
@@ -163,7 +175,11 @@ impl Broker {
     #[track_caller]
     pub fn restart(&mut self) {
         let status = self.stop();
-        assert!(status.success(), "broker exited with {status} on SIGTERM");
+        assert!(
+            status.success(),
+            "broker exited with {status} on SIGTERM; its log:\n{}",
+            self.logs()
+        );
         self.spawn();
     }
 
@@ -183,14 +199,17 @@ impl Broker {
     }
 
     /// As [`Broker::ctl`], writing `stdin` to its standard input.
-    #[track_caller]
     pub async fn ctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
         let mut command = Command::new(workspace_bin("therappai-brokerctl"));
         command
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let stdin = stdin.map(str::to_owned);
@@ -212,16 +231,17 @@ impl Broker {
     }
 
     /// `login --account NAME --password-stdin`, asserting success.
-    #[track_caller]
     pub async fn login(&self, account: &str, password: &str) {
         let out = self
-            .ctl_with_stdin(&["login", "--account", account, "--password-stdin"], Some(&format!("{password}\n")))
+            .ctl_with_stdin(
+                &["login", "--account", account, "--password-stdin"],
+                Some(&format!("{password}\n")),
+            )
             .await;
         assert_eq!(out.code, 0, "login failed: {}", out.stderr);
     }
 
     /// `token --account NAME`, asserting success; returns the token.
-    #[track_caller]
     pub async fn token(&self, account: &str) -> String {
         let out = self.ctl(&["token", "--account", account]).await;
         assert_eq!(out.code, 0, "token failed: {}", out.stderr);
@@ -229,7 +249,6 @@ impl Broker {
     }
 
     /// A client-lib connection to this broker.
-    #[track_caller]
     pub async fn client(&self) -> therappai_broker_client::Client {
         therappai_broker_client::Client::connect(&self.socket)
             .await
@@ -287,10 +306,14 @@ pub fn broker_refuses(config: &str) -> CtlOutput {
         .spawn()
         .expect("spawn therappai-broker");
     let mut status = None;
-    wait_until("the broker to refuse its config and exit", Duration::from_secs(20), || {
-        status = child.try_wait().expect("try_wait");
-        status.is_some()
-    });
+    wait_until(
+        "the broker to refuse its config and exit",
+        Duration::from_secs(20),
+        || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        },
+    );
     let output = child.wait_with_output().expect("output");
     CtlOutput {
         code: output.status.code().unwrap_or(-1),

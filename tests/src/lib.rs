@@ -5,7 +5,10 @@
 //! The binaries are built by `cargo xtask test` (or `cargo build --workspace`) before the
 //! tests run; the harness finds them next to the test executable.
 
-#![expect(clippy::expect_used, reason = "test harness: a failed setup step panics with its reason")]
+#![expect(
+    clippy::expect_used,
+    reason = "test harness: a failed setup step panics with its reason"
+)]
 
 pub mod broker;
 pub mod keyring;
@@ -39,7 +42,10 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -59,7 +65,10 @@ pub fn unique_name(prefix: &str) -> String {
 #[track_caller]
 pub fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
     for secret in secrets {
-        assert!(secret.len() >= 8, "a secret to scan for must be long enough to be meaningful");
+        assert!(
+            secret.len() >= 8,
+            "a secret to scan for must be long enough to be meaningful"
+        );
         assert!(
             !haystack.contains(secret.as_str()),
             "{what} contains a secret (sha prefix of the secret omitted on purpose); search it for the token the fake issued"

@@ -1,5 +1,10 @@
 //! Bad input gets a clear error, a distinct exit code, and loses nothing.
 
+#![expect(
+    clippy::expect_used,
+    reason = "end-to-end test: a failed step panics with its reason"
+)]
+
 use fake_therappai::{FakeConfig, FakeTherappai};
 use std::os::unix::fs::PermissionsExt;
 use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, broker_refuses};
@@ -14,7 +19,11 @@ async fn setup() -> (FakeTherappai, Broker) {
     })
     .await
     .expect("start fake therappai");
-    let broker = Broker::start(BrokerOptions::new(StoreKind::SecretService, EMAIL), &fake.base_url(), &fake.ca_pem());
+    let broker = Broker::start(
+        BrokerOptions::new(StoreKind::SecretService, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
     (fake, broker)
 }
 
@@ -22,18 +31,34 @@ async fn setup() -> (FakeTherappai, Broker) {
 async fn wrong_password_stores_nothing_and_says_so() {
     let (fake, broker) = setup().await;
     let out = broker
-        .ctl_with_stdin(&["login", "--account", "default", "--password-stdin"], Some("wrong-password\n"))
+        .ctl_with_stdin(
+            &["login", "--account", "default", "--password-stdin"],
+            Some("wrong-password\n"),
+        )
         .await;
-    assert_eq!(out.code, 7, "exit code 7 = invalid credentials; stderr: {}", out.stderr);
-    assert!(out.stderr.contains("e-mail or password is wrong"), "{}", out.stderr);
+    assert_eq!(
+        out.code, 7,
+        "exit code 7 = invalid credentials; stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("e-mail or password is wrong"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("nothing was stored"), "{}", out.stderr);
-    assert!(!broker.store_has_entry("default"), "a failed login must store nothing");
+    assert!(
+        !broker.store_has_entry("default"),
+        "a failed login must store nothing"
+    );
     assert_eq!(fake.counters().login_failed, 1);
 
     let token = broker.ctl(&["token", "--account", "default"]).await;
     assert_eq!(token.code, 3, "not logged in; stderr: {}", token.stderr);
     assert!(
-        token.stderr.contains("therappai-brokerctl login --account default"),
+        token
+            .stderr
+            .contains("therappai-brokerctl login --account default"),
         "the error must give the exact command: {}",
         token.stderr
     );
@@ -44,8 +69,16 @@ async fn unknown_account_names_the_known_ones() {
     let (_fake, broker) = setup().await;
     let out = broker.ctl(&["token", "--account", "nosuch"]).await;
     assert_eq!(out.code, 8, "{}", out.stderr);
-    assert!(out.stderr.contains("unknown account \"nosuch\""), "{}", out.stderr);
-    assert!(out.stderr.contains("\"default\""), "lists the configured accounts: {}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown account \"nosuch\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("\"default\""),
+        "lists the configured accounts: {}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,10 +89,24 @@ async fn upstream_down_is_a_clear_error_and_the_broker_stays_up() {
     broker.restart();
     fake.knobs().set_down(true);
     let out = broker.ctl(&["token", "--account", "default"]).await;
-    assert_eq!(out.code, 6, "exit code 6 = upstream failure; stderr: {}", out.stderr);
-    assert!(out.stderr.contains("therappai is unavailable"), "{}", out.stderr);
-    assert!(broker.is_running(), "the broker must survive an upstream outage");
-    assert!(broker.store_has_entry("default"), "an outage must not cost the stored session");
+    assert_eq!(
+        out.code, 6,
+        "exit code 6 = upstream failure; stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("therappai is unavailable"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        broker.is_running(),
+        "the broker must survive an upstream outage"
+    );
+    assert!(
+        broker.store_has_entry("default"),
+        "an outage must not cost the stored session"
+    );
 
     let status = broker.ctl(&["status"]).await;
     assert_eq!(status.code, 0, "{}", status.stderr);
@@ -73,16 +120,20 @@ async fn upstream_down_is_a_clear_error_and_the_broker_stays_up() {
 async fn broker_not_running_says_how_to_start_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("nothing.sock");
-    let out = std::process::Command::new(therappai_broker_e2e::workspace_bin("therappai-brokerctl"))
-        .arg("--socket")
-        .arg(&socket)
-        .args(["token", "--account", "default"])
-        .output()
-        .expect("run brokerctl");
+    let out =
+        std::process::Command::new(therappai_broker_e2e::workspace_bin("therappai-brokerctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["token", "--account", "default"])
+            .output()
+            .expect("run brokerctl");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("not reachable"), "{stderr}");
-    assert!(stderr.contains("systemctl"), "says how to start it: {stderr}");
+    assert!(
+        stderr.contains("systemctl"),
+        "says how to start it: {stderr}"
+    );
 }
 
 const VALID: &str = r#"
@@ -100,15 +151,27 @@ email = "a@example.com"
 fn http_base_url_is_refused_at_start() {
     let out = broker_refuses(&VALID.replace("https://", "http://"));
     assert_eq!(out.code, 64, "{}", out.stderr);
-    assert!(out.stderr.contains("base_url must start with https://"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("base_url must start with https://"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn malformed_config_names_the_key_and_the_file() {
     let out = broker_refuses(&VALID.replace("[store]", "[store]\nbakend = \"auto\""));
     assert_eq!(out.code, 64, "{}", out.stderr);
-    assert!(out.stderr.contains("bakend"), "names the key: {}", out.stderr);
-    assert!(out.stderr.contains("broker.toml"), "names the file: {}", out.stderr);
+    assert!(
+        out.stderr.contains("bakend"),
+        "names the key: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("broker.toml"),
+        "names the file: {}",
+        out.stderr
+    );
 
     let out = broker_refuses(&VALID.replace("email = \"a@example.com\"", "email = 42"));
     assert_eq!(out.code, 64, "{}", out.stderr);
@@ -121,10 +184,24 @@ fn unsafe_socket_directory_is_refused() {
     let run = dir.path().join("shared");
     std::fs::create_dir(&run).expect("mkdir");
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let config = VALID.replace("{dir}/run/broker.sock", &format!("{}/broker.sock", run.display()));
+    let config = VALID.replace(
+        "{dir}/run/broker.sock",
+        &format!("{}/broker.sock", run.display()),
+    );
     let out = broker_refuses(&config);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("writable by group or others"), "{}", out.stderr);
-    assert!(out.stderr.contains("chmod 0700"), "says how to fix it: {}", out.stderr);
-    assert!(!run.join("broker.sock").exists(), "no socket may be created there");
+    assert!(
+        out.stderr.contains("writable by group or others"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("chmod 0700"),
+        "says how to fix it: {}",
+        out.stderr
+    );
+    assert!(
+        !run.join("broker.sock").exists(),
+        "no socket may be created there"
+    );
 }

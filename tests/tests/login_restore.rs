@@ -1,5 +1,10 @@
 //! Login → token → broker restart → token again without a new login, on both real stores.
 
+#![expect(
+    clippy::expect_used,
+    reason = "end-to-end test: a failed step panics with its reason"
+)]
+
 use fake_therappai::{FakeConfig, FakeTherappai};
 use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind};
 
@@ -17,10 +22,17 @@ async fn fake() -> FakeTherappai {
 
 async fn login_survives_restart(store: StoreKind) {
     let fake = fake().await;
-    let mut broker = Broker::start(BrokerOptions::new(store, EMAIL), &fake.base_url(), &fake.ca_pem());
+    let mut broker = Broker::start(
+        BrokerOptions::new(store, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
 
     broker.login("default", PASSWORD).await;
-    assert!(broker.store_has_entry("default"), "login must put the refresh token in the store");
+    assert!(
+        broker.store_has_entry("default"),
+        "login must put the refresh token in the store"
+    );
     let first = broker.token("default").await;
     assert!(
         fake.issued_tokens().contains(&first),
@@ -33,14 +45,18 @@ async fn login_survives_restart(store: StoreKind) {
 
     // Memory is gone, the store is not: the broker refreshes with the stored token.
     let second = broker.token("default").await;
-    assert_ne!(first, second, "after a restart the access token comes from a refresh");
+    assert_ne!(
+        first, second,
+        "after a restart the access token comes from a refresh"
+    );
     assert!(fake.issued_tokens().contains(&second));
     assert_eq!(fake.counters().refresh_ok, 1);
     assert_eq!(fake.counters().login_ok, 1, "no second login was needed");
 
     let status = broker.ctl(&["status", "--json"]).await;
     assert_eq!(status.code, 0, "{}", status.stderr);
-    let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json is JSON");
+    let json: serde_json::Value =
+        serde_json::from_str(&status.stdout).expect("status --json is JSON");
     let account = &json["accounts"][0];
     assert_eq!(account["state"], "active");
     assert_eq!(account["refresh_token_stored"], true);
@@ -69,12 +85,22 @@ async fn keyutils_login_survives_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_lib_gets_the_same_cached_token_as_the_cli() {
     let fake = fake().await;
-    let broker = Broker::start(BrokerOptions::new(StoreKind::SecretService, EMAIL), &fake.base_url(), &fake.ca_pem());
+    let broker = Broker::start(
+        BrokerOptions::new(StoreKind::SecretService, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
     broker.login("default", PASSWORD).await;
     let from_cli = broker.token("default").await;
     let mut client = broker.client().await;
-    let token = client.access_token("default").await.expect("client-lib token");
+    let token = client
+        .access_token("default")
+        .await
+        .expect("client-lib token");
     assert_eq!(token.expose_secret(), from_cli);
-    assert!(!format!("{token:?} {token}").contains(&from_cli), "client-lib's AccessToken must print masked");
+    assert!(
+        !format!("{token:?} {token}").contains(&from_cli),
+        "client-lib's AccessToken must print masked"
+    );
     assert!(token.expires_at() > std::time::SystemTime::now());
 }

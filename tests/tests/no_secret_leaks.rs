@@ -35,19 +35,30 @@ async fn no_token_or_password_in_logs_or_cli_output() {
     // Wrong password, then right one.
     record(
         broker
-            .ctl_with_stdin(&["login", "--account", "default", "--password-stdin"], Some("not-the-password-at-all\n"))
+            .ctl_with_stdin(
+                &["login", "--account", "default", "--password-stdin"],
+                Some("not-the-password-at-all\n"),
+            )
             .await,
         false,
     );
     record(
         broker
-            .ctl_with_stdin(&["login", "--account", "default", "--password-stdin"], Some(&format!("{PASSWORD}\n")))
+            .ctl_with_stdin(
+                &["login", "--account", "default", "--password-stdin"],
+                Some(&format!("{PASSWORD}\n")),
+            )
             .await,
         false,
     );
     // Refresh with rotation, a cached token, status, an upstream failure, a restart.
     record(broker.ctl(&["token", "--account", "default"]).await, true);
-    record(broker.ctl(&["token", "--account", "default", "--min-valid", "0"]).await, true);
+    record(
+        broker
+            .ctl(&["token", "--account", "default", "--min-valid", "0"])
+            .await,
+        true,
+    );
     record(broker.ctl(&["status"]).await, false);
     record(broker.ctl(&["status", "--json"]).await, false);
     fake.knobs().set_down(true);
@@ -61,7 +72,10 @@ async fn no_token_or_password_in_logs_or_cli_output() {
     record(broker.ctl(&["token", "--account", "default"]).await, false);
     record(
         broker
-            .ctl_with_stdin(&["login", "--account", "default", "--password-stdin"], Some(&format!("{PASSWORD}\n")))
+            .ctl_with_stdin(
+                &["login", "--account", "default", "--password-stdin"],
+                Some(&format!("{PASSWORD}\n")),
+            )
             .await,
         false,
     );
@@ -69,10 +83,17 @@ async fn no_token_or_password_in_logs_or_cli_output() {
     broker.stop();
 
     let mut secrets = fake.issued_tokens();
-    assert!(secrets.len() >= 6, "the flow must have issued tokens to scan for, got {}", secrets.len());
+    assert!(
+        secrets.len() >= 6,
+        "the flow must have issued tokens to scan for, got {}",
+        secrets.len()
+    );
     secrets.push(PASSWORD.to_owned());
     let logs = broker.logs();
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "the broker must have logged verbosely");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "the broker must have logged verbosely"
+    );
     assert_no_secret("the broker's log", &logs, &secrets);
     assert_no_secret("the CLI's output", &printed, &secrets);
     // The JWT payloads are secret too: no part of any token (header excepted) may leak.

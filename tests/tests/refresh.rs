@@ -1,6 +1,11 @@
 //! An expired access token is replaced through `/refresh/`; a refresh token the upstream
 //! rejects ends the session instead of looping.
 
+#![expect(
+    clippy::expect_used,
+    reason = "end-to-end test: a failed step panics with its reason"
+)]
+
 use fake_therappai::{FakeConfig, FakeTherappai};
 use std::time::Duration;
 use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind};
@@ -22,24 +27,39 @@ async fn fake(access_lifetime: Duration) -> FakeTherappai {
 async fn expired_access_token_is_refreshed_once_then_cached() {
     // Login hands out an access token that is already expired.
     let fake = fake(Duration::ZERO).await;
-    let broker = Broker::start(BrokerOptions::new(StoreKind::SecretService, EMAIL), &fake.base_url(), &fake.ca_pem());
+    let broker = Broker::start(
+        BrokerOptions::new(StoreKind::SecretService, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
     broker.login("default", PASSWORD).await;
     let expired = fake.issued_tokens();
     fake.knobs().set_access_lifetime(Duration::from_secs(300));
 
     let fresh = broker.token("default").await;
-    assert!(!expired.contains(&fresh), "an expired access token must never be served");
+    assert!(
+        !expired.contains(&fresh),
+        "an expired access token must never be served"
+    );
     assert_eq!(fake.counters().refresh_ok, 1);
 
     let again = broker.token("default").await;
     assert_eq!(again, fresh, "a valid token is served from memory");
-    assert_eq!(fake.counters().refresh_ok, 1, "no second refresh while the token is valid");
+    assert_eq!(
+        fake.counters().refresh_ok,
+        1,
+        "no second refresh while the token is valid"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_refresh_token_ends_the_session_without_a_loop() {
     let fake = fake(Duration::from_secs(300)).await;
-    let mut broker = Broker::start(BrokerOptions::new(StoreKind::SecretService, EMAIL), &fake.base_url(), &fake.ca_pem());
+    let mut broker = Broker::start(
+        BrokerOptions::new(StoreKind::SecretService, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
     broker.login("default", PASSWORD).await;
     broker.restart();
     fake.revoke_all_refresh_tokens();
@@ -47,8 +67,16 @@ async fn rejected_refresh_token_ends_the_session_without_a_loop() {
     let out = broker.ctl(&["token", "--account", "default"]).await;
     assert_eq!(out.code, 3, "needs login: {}", out.stderr);
     assert!(out.stderr.contains("needs a new login"), "{}", out.stderr);
-    assert!(out.stderr.contains("therappai-brokerctl login --account default"), "{}", out.stderr);
-    assert!(!broker.store_has_entry("default"), "the dead refresh token is deleted");
+    assert!(
+        out.stderr
+            .contains("therappai-brokerctl login --account default"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !broker.store_has_entry("default"),
+        "the dead refresh token is deleted"
+    );
 
     let rejected = fake.counters().refresh_rejected;
     assert_eq!(rejected, 1);
@@ -56,7 +84,11 @@ async fn rejected_refresh_token_ends_the_session_without_a_loop() {
         let out = broker.ctl(&["token", "--account", "default"]).await;
         assert_eq!(out.code, 3, "{}", out.stderr);
     }
-    assert_eq!(fake.counters().refresh_rejected, rejected, "no further upstream call after a rejection");
+    assert_eq!(
+        fake.counters().refresh_rejected,
+        rejected,
+        "no further upstream call after a rejection"
+    );
     assert_eq!(fake.counters().refresh_ok, 0);
 
     let status = broker.ctl(&["status", "--json"]).await;
@@ -73,7 +105,11 @@ async fn rejected_refresh_token_ends_the_session_without_a_loop() {
 async fn rotated_refresh_token_replaces_the_stored_one() {
     let fake = fake(Duration::ZERO).await;
     fake.knobs().set_rotation(true);
-    let mut broker = Broker::start(BrokerOptions::new(StoreKind::SecretService, EMAIL), &fake.base_url(), &fake.ca_pem());
+    let mut broker = Broker::start(
+        BrokerOptions::new(StoreKind::SecretService, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
     broker.login("default", PASSWORD).await;
     fake.knobs().set_access_lifetime(Duration::from_secs(300));
     // This refresh rotates: the login's refresh token is blacklisted by the fake.
@@ -82,5 +118,9 @@ async fn rotated_refresh_token_replaces_the_stored_one() {
     broker.restart();
     broker.token("default").await;
     assert_eq!(fake.counters().refresh_ok, 2);
-    assert_eq!(fake.counters().refresh_rejected, 0, "the retired token was never used again");
+    assert_eq!(
+        fake.counters().refresh_rejected,
+        0,
+        "the retired token was never used again"
+    );
 }

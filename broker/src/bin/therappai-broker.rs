@@ -43,6 +43,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if config.store.backend != store::BackendChoice::SecretService {
+        // Before any thread exists: threads inherit the session keyring of their creator.
+        // keyutils needs one of our own to link the user's persistent keyring into.
+        if let Err(e) = store::join_session_keyring() {
+            tracing::warn!(error = %e, "could not join a session keyring of our own");
+        }
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,12 +75,6 @@ fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
-        if config.store.backend != store::BackendChoice::SecretService {
-            // keyutils needs a session keyring of our own to link into the persistent one.
-            if let Err(e) = store::join_session_keyring() {
-                tracing::warn!(error = %e, "could not join a session keyring of our own");
-            }
-        }
         let socket = config.socket.clone();
         let daemon = Daemon::start(config)
             .await

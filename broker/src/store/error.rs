@@ -1,0 +1,175 @@
+//! The store's one error type. Messages are sentences a sysadmin can act on; they carry the
+//! backend, the operation and the account name, never a secret (no token, no raw secret bytes,
+//! no panic payload).
+
+use super::Backend;
+use std::fmt;
+
+/// The store operation that failed, with its account: context for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// Opening the backend at start-up.
+    Open,
+    /// Reading an account's refresh token.
+    Load(String),
+    /// Writing an account's refresh token.
+    Save(String),
+    /// Removing an account's refresh token.
+    Delete(String),
+    /// Listing the accounts that have entries.
+    List,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Open => f.write_str("open the store"),
+            Self::Load(a) => write!(f, "load the refresh token of account \"{a}\""),
+            Self::Save(a) => write!(f, "save the refresh token of account \"{a}\""),
+            Self::Delete(a) => write!(f, "delete the refresh token of account \"{a}\""),
+            Self::List => f.write_str("list the accounts in the store"),
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// There is no D-Bus session bus to reach the Secret Service on.
+    #[error(
+        "no D-Bus session: run inside a desktop session, or set backend = \"keyutils\" in [store] ({detail})"
+    )]
+    NoSessionBus {
+        /// What was missing or refused (address, socket).
+        detail: String,
+    },
+    /// The session bus is there but nothing provides `org.freedesktop.secrets` on it.
+    #[error(
+        "the D-Bus session has no Secret Service (org.freedesktop.secrets): start gnome-keyring-daemon (or another provider) in the session, or set backend = \"keyutils\" in [store] ({detail})"
+    )]
+    NoSecretService {
+        /// The bus's answer.
+        detail: String,
+    },
+    /// The Secret Service did not answer while opening the store.
+    #[error(
+        "the Secret Service did not answer within {seconds} s: check that gnome-keyring-daemon is running and responsive, or set backend = \"keyutils\" in [store]"
+    )]
+    Timeout {
+        /// How long the broker waited.
+        seconds: u64,
+    },
+    /// The Secret Service has no unlocked default collection (locked, or never created).
+    #[error(
+        "cannot {op}: the Secret Service keyring is locked or has no default collection; unlock it by logging in to the desktop session (or with Seahorse), or restart gnome-keyring-daemon with --unlock and the keyring password on stdin ({detail})"
+    )]
+    Locked {
+        /// What the broker was doing, with the account.
+        op: Op,
+        /// The Secret Service's own words (often an opaque "result not returned from SS API").
+        detail: String,
+    },
+    /// The kernel refused access to the keyring (EACCES), typically when linking into the
+    /// persistent keyring from a process without a session keyring of its own.
+    #[error(
+        "cannot {op} in the kernel keyring: access denied; the process needs a session keyring of its own (the daemon joins one at start), or run it under systemd with KeyringMode=private ({detail})"
+    )]
+    KeyringAccess {
+        /// What the broker was doing, with the account.
+        op: Op,
+        /// The kernel's answer.
+        detail: String,
+    },
+    /// The account name cannot name a store entry.
+    #[error(
+        "account name {account:?} cannot be used in the secure store: it must be non-empty, must not start with '.' and must not contain '@' or control characters"
+    )]
+    InvalidAccount {
+        /// The rejected name.
+        account: String,
+    },
+    /// The stored value is not a refresh token (not UTF-8 text).
+    #[error(
+        "the {backend} entry of account \"{account}\" does not hold a valid refresh token; log the account out and in again to replace it"
+    )]
+    Corrupt {
+        /// Where the entry is.
+        backend: Backend,
+        /// Whose entry it is.
+        account: String,
+    },
+    /// Several Secret Service items match one account (e.g. written by another program).
+    #[error(
+        "{count} Secret Service items match account \"{account}\" of service \"{service}\"; remove them with `secret-tool clear service {service} username {account}` and log in again"
+    )]
+    Ambiguous {
+        /// The keyring service name.
+        service: String,
+        /// The account.
+        account: String,
+        /// How many items matched.
+        count: usize,
+    },
+    /// Any other failure of the backend.
+    #[error("the {backend} store could not {op}: {detail}")]
+    Backend {
+        /// The backend that failed.
+        backend: Backend,
+        /// What the broker was doing, with the account.
+        op: Op,
+        /// The backend's own words.
+        detail: String,
+    },
+    /// The blocking task running the store call died.
+    #[error(
+        "the {backend} store task {how} while trying to {op}; the broker keeps running, try again"
+    )]
+    TaskFailed {
+        /// The backend in use.
+        backend: Backend,
+        /// What the broker was doing, with the account.
+        op: Op,
+        /// "panicked" or "was cancelled".
+        how: &'static str,
+    },
+}
+
+impl StoreError {
+    /// Translates a keyring-core error for `op`. Never formats the variants that carry secret
+    /// bytes (`BadEncoding`, `BadDataFormat`).
+    pub(super) fn from_keyring(
+        backend: Backend,
+        service: &str,
+        op: Op,
+        err: keyring_core::Error,
+    ) -> Self {
+        use keyring_core::Error as E;
+        let account = match &op {
+            Op::Load(a) | Op::Save(a) | Op::Delete(a) => a.clone(),
+            Op::Open | Op::List => String::new(),
+        };
+        match err {
+            E::NoStorageAccess(e) if backend == Backend::SecretService => Self::Locked {
+                op,
+                detail: e.to_string(),
+            },
+            E::NoStorageAccess(e) => Self::KeyringAccess {
+                op,
+                detail: e.to_string(),
+            },
+            E::BadEncoding(_) | E::BadDataFormat(..) => Self::Corrupt { backend, account },
+            E::Ambiguous(items) => Self::Ambiguous {
+                service: service.to_owned(),
+                account,
+                count: items.len(),
+            },
+            other => Self::Backend {
+                backend,
+                op,
+                detail: other.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Secure store: owns the refresh tokens at rest, one entry per account in the OS secure
+//! storage — the Secret Service (gnome-keyring, KWallet, … over the D-Bus session bus) or the
+//! kernel keyutils keyring.
+//!
+//! It must never log a token or put one in an error message (errors carry the backend, the
+//! operation and the account name only), and it must never be called from async code
+//! directly: [`Store`] is blocking, and the Secret Service store runs its own runtime and
+//! panics inside tokio. The rest of the broker goes through [`StoreHandle`], which moves every
+//! call to `spawn_blocking`.
+//!
+//! # How entries are filed
+//!
+//! - Secret Service: one item per account in the *default* collection, with attributes
+//!   `service` = the service name (default `therappai-broker`) and `username` = the account;
+//!   [`Store::accounts`] searches on `service`.
+//! - keyutils: one `user` key per account, description `keyring:{account}@{service}`, plus an
+//!   index key `keyring:.accounts@{service}` listing the account names (keyutils has no search;
+//!   account names never start with `.`, so the index can never collide with an account).
+//!
+//! # keyutils: which keyring, and surviving a restart (checked on Linux 6.x, as root and uid 1000)
+//!
+//! The key is added to the calling thread's session keyring and linked into the user's
+//! persistent keyring (`KEYCTL_GET_PERSISTENT`, which also links the persistent keyring into
+//! the session keyring and resets its expiry timer). A restarted daemon with a *new* session
+//! keyring finds its entries again through that link: restart survival rests on the
+//! persistent keyring, which the kernel drops after `persistent_keyring_expiry` (3 days) unused
+//! and which a reboot clears.
+//!
+//! Linking into the persistent keyring needs a session keyring the process possesses. A
+//! process that only has the user-default session keyring (`_uid_ses.N`: a plain shell, a
+//! service without `KeyringMode=`) gets EACCES on save and silently finds nothing on load.
+//! Session keyrings belong to a *thread* (credentials are per thread): joining one in
+//! `main` after the tokio runtime has started leaves the runtime's existing threads on the
+//! old keyring. So the keyutils store checks the calling thread before every operation and
+//! joins a fresh anonymous session keyring ([`join_session_keyring`]) when the thread has
+//! none of its own; calling it once in `main` before any thread starts is still good hygiene.
+
+mod error;
+mod keyutils;
+mod memory;
+mod secret_service;
+
+pub use error::{Op, StoreError};
+pub use keyutils::join_session_keyring;
+#[doc(hidden)]
+pub use memory::MemoryStore;
+
+use crate::secret::RefreshToken;
+use std::fmt;
+use std::sync::Arc;
+
+/// Which OS backend holds the refresh tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The freedesktop Secret Service on the D-Bus session bus.
+    SecretService,
+    /// The kernel key retention service (session + persistent keyrings).
+    Keyutils,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::SecretService => "secret-service",
+            Self::Keyutils => "keyutils",
+        })
+    }
+}
+
+/// What the config asked for: `backend = "auto" | "secret-service" | "keyutils"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// Secret Service when the session bus offers it, else keyutils.
+    Auto,
+    /// Secret Service only; fail if it is not there.
+    SecretService,
+    /// Kernel keyutils only.
+    Keyutils,
+}
+
+/// Blocking interface to one backend. One instance per process, created once (Secret Service
+/// connects at creation, ~50-80 ms).
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// The backend this store writes to.
+    fn backend(&self) -> Backend;
+    /// One sentence for `status`: where entries live and how long they last.
+    fn describe(&self) -> String;
+    /// The account's refresh token, or `None` if the store has no entry for it.
+    fn load(&self, account: &str) -> Result<Option<RefreshToken>, StoreError>;
+    /// Creates or replaces the account's entry.
+    fn save(&self, account: &str, token: &RefreshToken) -> Result<(), StoreError>;
+    /// Ok(true) if an entry existed and is now gone, Ok(false) if there was none.
+    fn delete(&self, account: &str) -> Result<bool, StoreError>;
+    /// Every account name this broker's service has an entry for, sorted (device-level logout
+    /// uses this to find entries of accounts no longer in the config).
+    fn accounts(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Opens the backend. `service` is the keyring service name (default "therappai-broker";
+/// tests pass unique names so parallel tests never share entries).
+///
+/// `Auto` takes the Secret Service when a session bus is present and answers for
+/// `org.freedesktop.secrets` within a few seconds, else keyutils; it never hangs on a missing
+/// or silent bus. Blocking: call it from `spawn_blocking` or before the runtime starts.
+pub fn open(choice: BackendChoice, service: &str) -> Result<Arc<dyn Store>, StoreError> {
+    match choice {
+        BackendChoice::SecretService => Ok(Arc::new(secret_service::SecretServiceStore::open(
+            service,
+            secret_service::CONNECT_TIMEOUT,
+        )?)),
+        BackendChoice::Keyutils => Ok(Arc::new(keyutils::KeyutilsStore::open(service)?)),
+        BackendChoice::Auto => {
+            match secret_service::SecretServiceStore::open(service, secret_service::PROBE_TIMEOUT) {
+                Ok(store) => Ok(Arc::new(store)),
+                Err(
+                    e @ (StoreError::NoSessionBus { .. }
+                    | StoreError::NoSecretService { .. }
+                    | StoreError::Timeout { .. }),
+                ) => {
+                    tracing::info!(reason = %e, "no usable Secret Service; using the kernel keyring");
+                    Ok(Arc::new(keyutils::KeyutilsStore::open(service)?))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Account names the store accepts: the config's rule (letters, digits, `-`, `_`, `.`, not
+/// starting with `.`) is checked there; here only what the backends need, so a reserved name
+/// like the keyutils index can never be written as an account.
+fn check_account(account: &str) -> Result<(), StoreError> {
+    let ok = !account.is_empty()
+        && !account.starts_with('.')
+        && !account.contains('@')
+        && !account.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidAccount {
+            account: account.to_owned(),
+        })
+    }
+}
+
+/// Async facade used by the rest of the broker: each call runs on tokio's blocking pool.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    inner: Arc<dyn Store>,
+}
+
+impl StoreHandle {
+    /// Wraps an opened store.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+
+    /// One sentence for `status`.
+    pub fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    /// See [`Store::load`].
+    pub async fn load(&self, account: &str) -> Result<Option<RefreshToken>, StoreError> {
+        let account = account.to_owned();
+        self.run(Op::Load(account.clone()), move |s| s.load(&account))
+            .await
+    }
+
+    /// See [`Store::save`]. The token is duplicated into the blocking task.
+    pub async fn save(&self, account: &str, token: &RefreshToken) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        let token = token.duplicate();
+        self.run(Op::Save(account.clone()), move |s| s.save(&account, &token))
+            .await
+    }
+
+    /// See [`Store::delete`].
+    pub async fn delete(&self, account: &str) -> Result<bool, StoreError> {
+        let account = account.to_owned();
+        self.run(Op::Delete(account.clone()), move |s| s.delete(&account))
+            .await
+    }
+
+    /// See [`Store::accounts`].
+    pub async fn accounts(&self) -> Result<Vec<String>, StoreError> {
+        self.run(Op::List, |s| s.accounts()).await
+    }
+
+    async fn run<T, F>(&self, op: Op, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let backend = inner.backend();
+        match tokio::task::spawn_blocking(move || call(inner.as_ref())).await {
+            Ok(result) => result,
+            // The panic payload is not shown: we cannot vouch for what it contains.
+            Err(e) => Err(StoreError::TaskFailed {
+                backend,
+                op,
+                how: if e.is_panic() {
+                    "panicked"
+                } else {
+                    "was cancelled"
+                },
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

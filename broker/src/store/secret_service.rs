@@ -1,0 +1,194 @@
+//! Secret Service backend (pure-Rust zbus client): one item per account in the default
+//! collection, attributes `service` and `username`.
+
+use super::{Backend, Op, Store, StoreError, check_account};
+use crate::secret::RefreshToken;
+use keyring_core::{CredentialStore, Entry};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+/// How long `Auto` waits for the Secret Service before choosing keyutils (D-Bus activation of
+/// gnome-keyring takes well under a second).
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an explicit `secret-service` choice waits before failing start-up.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Secret Service store: one connection, made at open and kept.
+pub(super) struct SecretServiceStore {
+    /// Always `Some` until drop; see the `Drop` impl.
+    store: Option<Arc<CredentialStore>>,
+    service: String,
+}
+
+impl Drop for SecretServiceStore {
+    fn drop(&mut self) {
+        // The zbus store owns a tokio runtime, and dropping a runtime from async context
+        // panics. The broker's last handle may go away inside its own runtime (at shutdown),
+        // so the final drop happens on a plain thread.
+        if let Some(store) = self.store.take() {
+            let dropper = std::thread::Builder::new()
+                .name("secret-service-close".into())
+                .spawn(move || drop(store));
+            if let Ok(handle) = dropper {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretServiceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretServiceStore")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretServiceStore {
+    /// Connects to the session bus and opens a Secret Service session, giving up after
+    /// `timeout` (a bus that accepts the connection but never answers must not hang start-up).
+    pub(super) fn open(service: &str, timeout: Duration) -> Result<Self, StoreError> {
+        if let Some(missing) = missing_session_bus() {
+            return Err(StoreError::NoSessionBus { detail: missing });
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("secret-service-open".into())
+            .spawn(move || {
+                // The receiver may have given up already; then nobody needs the answer.
+                let _ = tx.send(zbus_secret_service_keyring_store::Store::new());
+            })
+            .map_err(|e| StoreError::Backend {
+                backend: Backend::SecretService,
+                op: Op::Open,
+                detail: format!("cannot start the connection thread: {e}"),
+            })?;
+        let store = match rx.recv_timeout(timeout) {
+            Ok(Ok(store)) => store,
+            Ok(Err(e)) => return Err(connect_error(&e)),
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    seconds: timeout.as_secs(),
+                });
+            }
+        };
+        Ok(Self {
+            store: Some(store),
+            service: service.to_owned(),
+        })
+    }
+
+    fn store(&self, op: &Op) -> Result<&Arc<CredentialStore>, StoreError> {
+        self.store.as_ref().ok_or_else(|| StoreError::Backend {
+            backend: Backend::SecretService,
+            op: op.clone(),
+            detail: "the store was closed".to_owned(),
+        })
+    }
+
+    fn entry(&self, account: &str, op: &Op) -> Result<Entry, StoreError> {
+        check_account(account)?;
+        let label = format!("{} refresh token ({account})", self.service);
+        let modifiers = HashMap::from([("label", label.as_str())]);
+        Entry::new_in_store_with_modifiers(self.store(op)?, &self.service, account, &modifiers)
+            .map_err(|e| self.error(op.clone(), e))
+    }
+
+    fn error(&self, op: Op, err: keyring_core::Error) -> StoreError {
+        StoreError::from_keyring(Backend::SecretService, &self.service, op, err)
+    }
+}
+
+/// zbus finds the session bus through `DBUS_SESSION_BUS_ADDRESS`, else
+/// `$XDG_RUNTIME_DIR/bus`, else `/run/user/$UID/bus`. Says what is missing, if anything.
+fn missing_session_bus() -> Option<String> {
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some_and(|a| !a.is_empty()) {
+        return None;
+    }
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        || format!("/run/user/{}", unsafe { libc::geteuid() }).into(),
+        std::path::PathBuf::from,
+    );
+    let socket = runtime_dir.join("bus");
+    if Path::new(&socket).exists() {
+        None
+    } else {
+        Some(format!(
+            "DBUS_SESSION_BUS_ADDRESS is not set and {} does not exist",
+            socket.display()
+        ))
+    }
+}
+
+/// The zbus store reports every connection problem as a platform failure; the bus's
+/// "ServiceUnknown" answer is the one that means "bus fine, no provider".
+fn connect_error(err: &keyring_core::Error) -> StoreError {
+    let detail = err.to_string();
+    if detail.contains("ServiceUnknown") {
+        StoreError::NoSecretService { detail }
+    } else {
+        StoreError::NoSessionBus { detail }
+    }
+}
+
+impl Store for SecretServiceStore {
+    fn backend(&self) -> Backend {
+        Backend::SecretService
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Secret Service on the D-Bus session bus: one item per account in the default collection, attributes service=\"{}\" and username=<account>; entries last until deleted",
+            self.service
+        )
+    }
+
+    fn load(&self, account: &str) -> Result<Option<RefreshToken>, StoreError> {
+        let op = Op::Load(account.to_owned());
+        match self.entry(account, &op)?.get_password() {
+            Ok(token) => Ok(Some(RefreshToken::new(token))),
+            Err(keyring_core::Error::NoEntry) => Ok(None),
+            Err(e) => Err(self.error(op, e)),
+        }
+    }
+
+    fn save(&self, account: &str, token: &RefreshToken) -> Result<(), StoreError> {
+        let op = Op::Save(account.to_owned());
+        self.entry(account, &op)?
+            .set_password(token.expose())
+            .map_err(|e| self.error(op, e))
+    }
+
+    fn delete(&self, account: &str) -> Result<bool, StoreError> {
+        let op = Op::Delete(account.to_owned());
+        match self.entry(account, &op)?.delete_credential() {
+            Ok(()) => Ok(true),
+            Err(keyring_core::Error::NoEntry) => Ok(false),
+            // Logout must not leave a copy behind: remove every item that matches.
+            Err(keyring_core::Error::Ambiguous(items)) => {
+                for item in items {
+                    item.delete_credential()
+                        .map_err(|e| self.error(op.clone(), e))?;
+                }
+                Ok(true)
+            }
+            Err(e) => Err(self.error(op, e)),
+        }
+    }
+
+    fn accounts(&self) -> Result<Vec<String>, StoreError> {
+        let spec = HashMap::from([("service", self.service.as_str())]);
+        let found = Entry::search_in_store(self.store(&Op::List)?, &spec)
+            .map_err(|e| self.error(Op::List, e))?;
+        let names: BTreeSet<String> = found
+            .iter()
+            .filter_map(Entry::get_specifiers)
+            .filter(|(service, _)| *service == self.service)
+            .map(|(_, user)| user)
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+}
