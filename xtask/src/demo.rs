@@ -143,6 +143,13 @@ pub fn run_demo() -> Result<()> {
         dir.join("broker.log").display()
     );
     wait_for_ctrl_c();
+    // Leave no demo token behind in the store.
+    let _ = Command::new(&ctl)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["logout", "--account", "default"])
+        .stdout(Stdio::null())
+        .status();
     drop(broker);
     drop(fake);
     let _ = std::fs::remove_dir_all(&dir);
