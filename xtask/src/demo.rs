@@ -8,6 +8,7 @@
 use crate::{root, run};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,6 +85,7 @@ pub fn run_demo() -> Result<()> {
             .arg("--config")
             .arg(&config)
             .stderr(std::fs::File::create(dir.join("broker.log"))?)
+            .process_group(0)
             .spawn()
             .context("start therappai-broker")?,
     );
