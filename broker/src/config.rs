@@ -3,17 +3,23 @@
 //! Every key is part of the user contract and documented in the README. Unknown keys are an
 //! error that names the key and the file, so a typo never silently changes behaviour.
 
+use crate::groups;
 use crate::paths;
+use crate::policy::{AdminRule, AllowRule, GroupRef, PolicyRules};
 use crate::store::BackendChoice;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole file, after validation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where the gRPC socket is created.
     pub socket: PathBuf,
+    /// Who may reach the socket at all (the first gate; policy is the second).
+    pub socket_access: SocketAccess,
+    /// `[[allow]]` and `[admin]`: the only part a reload (SIGHUP) changes.
+    pub policy: PolicyRules,
     pub store: StoreConfig,
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
@@ -21,14 +27,47 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// Ownership and modes of the socket and its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// `socket_group`: the group the socket and its directory are given to.
+    pub group: Option<GroupRef>,
+    /// `socket_mode`: 0600 by default, 0660 with a `socket_group`.
+    pub mode: u32,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        Self {
+            group: None,
+            mode: 0o600,
+        }
+    }
+}
+
+impl SocketAccess {
+    /// The directory lets in (read + search, never write) exactly the classes the socket
+    /// mode lets in: 0700, 0750 with group access, 0755 with access for others.
+    pub fn dir_mode(&self) -> u32 {
+        let mut mode = 0o700;
+        if self.mode & 0o060 != 0 {
+            mode |= 0o050;
+        }
+        if self.mode & 0o006 != 0 {
+            mode |= 0o005;
+        }
+        mode
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub backend: BackendChoice,
     /// Keyring service name the entries are filed under.
     pub service: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// `https://…/api/v1`, without a trailing slash.
     pub base_url: String,
@@ -68,12 +107,40 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    socket_mode: Option<String>,
     #[serde(default)]
     store: RawStore,
     upstream: RawUpstream,
     #[serde(default, rename = "account")]
     accounts: Vec<RawAccount>,
     shutdown_grace_seconds: Option<u64>,
+    #[serde(default)]
+    allow: Vec<RawAllow>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    account: String,
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    executables: Vec<PathBuf>,
+    #[serde(default)]
+    units: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default)]
+    uids: Vec<u32>,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -143,6 +210,8 @@ impl Config {
         }
 
         let upstream = validate_upstream(raw.upstream).map_err(invalid)?;
+        let socket_access =
+            validate_socket_access(raw.socket_group, raw.socket_mode).map_err(invalid)?;
 
         let mut accounts: Vec<AccountConfig> = Vec::new();
         for account in raw.accounts {
@@ -165,8 +234,22 @@ impl Config {
             });
         }
 
+        let names: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
+        let policy = PolicyRules {
+            allow: raw
+                .allow
+                .into_iter()
+                .enumerate()
+                .map(|(i, rule)| validate_allow(i + 1, rule, &names))
+                .collect::<Result<_, _>>()
+                .map_err(invalid)?,
+            admin: raw.admin.map(validate_admin).transpose().map_err(invalid)?,
+        };
+
         Ok(Config {
             socket,
+            socket_access,
+            policy,
             store: StoreConfig {
                 backend: raw.store.backend.unwrap_or(BackendChoice::Auto),
                 service,
@@ -224,6 +307,97 @@ impl RawUpstream {
         }
         Ok(url.to_owned())
     }
+}
+
+fn validate_socket_access(
+    group: Option<String>,
+    mode: Option<String>,
+) -> Result<SocketAccess, String> {
+    let group = group
+        .map(|name| {
+            groups::gid_of(&name)
+                .map(|gid| GroupRef { name, gid })
+                .map_err(|e| format!("socket_group: {e}"))
+        })
+        .transpose()?;
+    let mode = match mode {
+        None if group.is_some() => 0o660,
+        None => 0o600,
+        Some(text) => {
+            let parsed = u32::from_str_radix(text.trim_start_matches("0o"), 8).ok();
+            match parsed {
+                // Owner read+write is needed by the broker itself; execute and special bits
+                // mean nothing on a socket and hint at a typo.
+                Some(m) if m & !0o666 == 0 && m & 0o600 == 0o600 => m,
+                _ => {
+                    return Err(format!(
+                        "socket_mode must be an octal string of read/write bits that includes the owner's, such as \"0660\" or \"0666\", got \"{text}\""
+                    ));
+                }
+            }
+        }
+    };
+    Ok(SocketAccess { group, mode })
+}
+
+fn resolve_groups(section: &str, names: Vec<String>) -> Result<Vec<GroupRef>, String> {
+    names
+        .into_iter()
+        .map(|name| {
+            groups::gid_of(&name)
+                .map(|gid| GroupRef { name, gid })
+                .map_err(|e| format!("{section} groups: {e}"))
+        })
+        .collect()
+}
+
+fn validate_allow(index: usize, raw: RawAllow, accounts: &[&str]) -> Result<AllowRule, String> {
+    let section = format!("[[allow]] #{index}");
+    if raw.account != "*" && !accounts.contains(&raw.account.as_str()) {
+        return Err(format!(
+            "{section}: account \"{}\" is not an [[account]] name; use one of them or \"*\"",
+            raw.account
+        ));
+    }
+    // An empty "who" would mean "nobody", which is surely not what was meant; "anyone" must
+    // not be one typo away either.
+    if raw.uids.is_empty() && raw.groups.is_empty() {
+        return Err(format!(
+            "{section}: names neither uids nor groups; say who it allows, e.g. uids = [1000]"
+        ));
+    }
+    let mut executables = Vec::new();
+    for exe in raw.executables {
+        if !exe.is_absolute() {
+            return Err(format!(
+                "{section}: executable {} must be an absolute path",
+                exe.display()
+            ));
+        }
+        // The kernel reports the resolved path (/usr/bin/x for /bin/x on merged-/usr).
+        executables.push(std::fs::canonicalize(&exe).unwrap_or(exe));
+    }
+    for unit in &raw.units {
+        if unit.contains('/') || !unit.contains('.') {
+            return Err(format!(
+                "{section}: unit \"{unit}\" must be a full unit name such as \"therappai-sync.service\""
+            ));
+        }
+    }
+    Ok(AllowRule {
+        account: raw.account,
+        uids: raw.uids,
+        groups: resolve_groups(&section, raw.groups)?,
+        executables,
+        units: raw.units,
+    })
+}
+
+fn validate_admin(raw: RawAdmin) -> Result<AdminRule, String> {
+    Ok(AdminRule {
+        uids: raw.uids,
+        groups: resolve_groups("[admin]", raw.groups)?,
+    })
 }
 
 /// Account names appear in keyring entries, logs and CLI arguments: keep them boring.
@@ -293,6 +467,57 @@ email = "alice@example.com"
         assert!(parse(&dup).is_err());
         let odd = GOOD.replace("name = \"default\"", "name = \"a b\"");
         assert!(parse(&odd).is_err());
+    }
+
+    #[test]
+    fn socket_group_and_mode_are_validated() {
+        let config = parse(&format!("socket_group = \"root\"\n{GOOD}")).expect("valid");
+        assert_eq!(config.socket_access.mode, 0o660);
+        assert_eq!(config.socket_access.dir_mode(), 0o750);
+        assert_eq!(config.socket_access.group.map(|g| g.gid), Some(0));
+        assert_eq!(parse(GOOD).expect("valid").socket_access.dir_mode(), 0o700);
+        let open = parse(&format!("socket_mode = \"0666\"\n{GOOD}")).expect("valid");
+        assert_eq!(open.socket_access.dir_mode(), 0o755);
+        for bad in ["0777", "0060", "rw", "0o1666"] {
+            let text = format!("socket_mode = \"{bad}\"\n{GOOD}");
+            let message = parse(&text).expect_err(bad).to_string();
+            assert!(message.contains("socket_mode"), "{message}");
+        }
+        let text = format!("socket_group = \"therappai-no-such-group\"\n{GOOD}");
+        assert!(
+            parse(&text)
+                .expect_err("missing group")
+                .to_string()
+                .contains("groupadd")
+        );
+    }
+
+    #[test]
+    fn allow_and_admin_rules_parse_and_are_checked() {
+        let text = format!(
+            "{GOOD}\n[[allow]]\naccount = \"default\"\nuids = [1000]\ngroups = [\"root\"]\nexecutables = [\"/usr/bin/therappai-desktop\"]\nunits = [\"therappai-sync.service\"]\n[admin]\nuids = [0]\n"
+        );
+        let config = parse(&text).expect("valid");
+        let rule = &config.policy.allow[0];
+        assert_eq!((rule.uids.as_slice(), rule.groups[0].gid), (&[1000][..], 0));
+        assert_eq!(config.policy.admin.expect("admin").uids, [0]);
+        for (bad, needle) in [
+            ("account = \"nope\"\nuids = [1]", "not an [[account]]"),
+            ("account = \"*\"", "neither uids nor groups"),
+            (
+                "account = \"*\"\nuids = [1]\nexecutables = [\"app\"]",
+                "absolute",
+            ),
+            (
+                "account = \"*\"\nuids = [1]\nunits = [\"sync\"]",
+                "full unit name",
+            ),
+            ("account = \"*\"\nuid = [1]", "uid"),
+        ] {
+            let text = format!("{GOOD}\n[[allow]]\n{bad}\n");
+            let message = parse(&text).expect_err(bad).to_string();
+            assert!(message.contains(needle), "{message}");
+        }
     }
 
     #[test]

@@ -4,21 +4,25 @@
 //! Modules in the order a request travels:
 //! [`listener`] → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
 //! [`upstream`] → [`store`]; beside them [`session`] (login, logout, restore, status),
-//! [`secret`], [`config`], [`paths`], [`clock`], [`jwt`], [`telemetry`] and [`error`].
+//! [`secret`], [`config`] (with [`groups`] and [`reload`]), [`audit`], [`paths`], [`clock`],
+//! [`jwt`], [`telemetry`] and [`error`].
 
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
 
+pub mod audit;
 pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod groups;
 pub mod jwt;
 pub mod listener;
 pub mod paths;
 pub mod peer;
 pub mod policy;
 pub mod refresh;
+pub mod reload;
 pub mod secret;
 pub mod service;
 pub mod session;
@@ -29,7 +33,7 @@ pub mod upstream;
 use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::policy::Policy;
+use crate::policy::{Policy, SharedPolicy};
 use crate::refresh::Refresher;
 use crate::service::BrokerService;
 use crate::session::Sessions;
@@ -94,11 +98,16 @@ impl Daemon {
         ));
         sessions.restore().await;
         let refresher = Arc::new(Refresher::new(upstream, store, Arc::clone(&clock)));
-        let listener = listener::bind(&config.socket)?;
+        let listener = listener::bind(&config.socket, &config.socket_access)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let broker_uid = unsafe { libc::geteuid() };
+        let policy = Arc::new(SharedPolicy::new(Policy {
+            broker_uid,
+            rules: config.policy.clone(),
+        }));
         let service = BrokerService {
-            policy: Policy { broker_uid },
+            policy,
+            audit: audit::Audit::default(),
             cache,
             refresher,
             sessions,
@@ -111,6 +120,11 @@ impl Daemon {
         })
     }
 
+    /// What SIGHUP calls to re-read the policy rules from the config file.
+    pub fn reloader(&self) -> reload::Reloader {
+        reload::Reloader::new(self.config.clone(), Arc::clone(&self.service.policy))
+    }
+
     /// Serves until `shutdown` fires, then lets in-flight calls finish for at most the
     /// configured grace period, and removes the socket.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
@@ -120,7 +134,7 @@ impl Daemon {
             service,
         } = self;
         tracing::info!(socket = %config.socket.display(), accounts = config.accounts.len(), "serving");
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let incoming = listener::incoming(listener);
         let stop = shutdown.clone();
         let server = tonic::transport::Server::builder()
             .add_service(BrokerServer::new(service))

@@ -4,12 +4,13 @@
 //! `tonic::Status` only through `error.rs`. Every grant, denial and admin action is one event
 //! on the `audit` tracing target. Nothing here logs a token or a password.
 
+use crate::audit::Audit;
 use crate::cache::{Cache, SessionState};
 use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::jwt::unix_seconds;
 use crate::peer::PeerIdentity;
-use crate::policy::{Action, Decision, Policy};
+use crate::policy::{Action, Decision, SharedPolicy};
 use crate::refresh::Refresher;
 use crate::secret::Password;
 use crate::session::Sessions;
@@ -26,7 +27,9 @@ const MAX_MIN_VALID_SECONDS: u32 = 86_400;
 
 #[derive(Debug)]
 pub struct BrokerService {
-    pub policy: Policy,
+    /// Swapped whole on SIGHUP; each call reads one snapshot.
+    pub policy: Arc<SharedPolicy>,
+    pub audit: Audit,
     pub cache: Arc<Cache>,
     pub refresher: Arc<Refresher>,
     pub sessions: Arc<Sessions>,
@@ -34,28 +37,27 @@ pub struct BrokerService {
 }
 
 impl BrokerService {
-    /// Peer identity and policy decision for one call; denials are returned as errors.
+    /// Peer identity and policy decision for one call; denials are returned as errors and
+    /// audited here. Token grants are audited here too; an admin handler reports its
+    /// allowed action once it has an outcome, with [`Audit::admin`] and the returned rule.
     fn authorize<T>(
         &self,
         request: &Request<T>,
-        rpc: &str,
+        rpc: &'static str,
         action: Action<'_>,
-    ) -> Result<PeerIdentity, BrokerError> {
+    ) -> Result<Authorized, BrokerError> {
         let peer = PeerIdentity::of(request)?;
-        match self.policy.decide(&peer, action) {
+        let account = account_of(action);
+        match self.policy.current().decide(&peer, action) {
             Decision::Allow { rule } => {
-                tracing::info!(target: "audit", rpc, uid = peer.uid, gid = peer.gid, pid = peer.pid, account = account_of(action), decision = "allow", rule, "allowed");
-                Ok(peer)
+                if let Action::Token { .. } = action {
+                    self.audit.grant(&peer, rpc, account, &rule);
+                }
+                Ok(Authorized { peer, rule })
             }
-            Decision::Deny { rule } => {
-                let who = peer.describe();
-                tracing::warn!(target: "audit", rpc, uid = peer.uid, gid = peer.gid, pid = peer.pid, peer = %who, account = account_of(action), decision = "deny", rule, "denied");
-                Err(BrokerError::PermissionDenied {
-                    message: format!(
-                        "permission denied: the broker does not allow {who} a {} ({rule}); an admin can allow it in the broker's config",
-                        action.describe()
-                    ),
-                })
+            Decision::Deny { rule, hint } => {
+                self.audit.deny(&peer, rpc, account, &rule);
+                Err(denied(&peer, &action.describe(), &rule, &hint))
             }
         }
     }
@@ -112,7 +114,7 @@ impl BrokerService {
         &self,
         mut request: Request<pb::LoginRequest>,
     ) -> Result<pb::LoginResponse, BrokerError> {
-        self.authorize(&request, "Login", Action::Admin)?;
+        let who = self.authorize(&request, "Login", Action::Admin)?;
         let body = request.get_mut();
         let account = std::mem::take(&mut body.account);
         let password = Password::new(std::mem::take(&mut body.password));
@@ -123,7 +125,9 @@ impl BrokerService {
             });
         }
         let result = self.sessions.login(&account, password).await;
-        tracing::info!(target: "audit", rpc = "Login", account, outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason()), "admin action");
+        let outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason());
+        self.audit
+            .admin(&who.peer, "Login", &account, &who.rule, outcome);
         let expires_at = result?;
         Ok(pb::LoginResponse {
             access_expires_at_unix: unix_seconds(expires_at),
@@ -135,11 +139,16 @@ impl BrokerService {
         &self,
         request: Request<pb::LogoutRequest>,
     ) -> Result<pb::LogoutResponse, BrokerError> {
-        self.authorize(&request, "Logout", Action::Admin)?;
+        let who = self.authorize(&request, "Logout", Action::Admin)?;
         let account = request.get_ref().account.clone();
         self.account_slot(&account)?;
         let outcome = self.sessions.logout(&account).await;
-        tracing::info!(target: "audit", rpc = "Logout", account, outcome = outcome.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason()), "admin action");
+        let reason = outcome
+            .as_ref()
+            .map(|_| "ok")
+            .unwrap_or_else(|e| e.reason());
+        self.audit
+            .admin(&who.peer, "Logout", &account, &who.rule, reason);
         let outcome = outcome?;
         let (upstream, upstream_detail) = match outcome.upstream {
             None => (
@@ -171,12 +180,23 @@ impl BrokerService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<pb::StatusResponse, BrokerError> {
-        self.authorize(&request, "Status", Action::Admin)?;
+        let peer = PeerIdentity::of(&request)?;
+        let names = self.cache.names();
+        let (decision, visible) = self.policy.current().decide_status(&peer, &names);
+        match decision {
+            Decision::Allow { rule } => self.audit.grant(&peer, "Status", "", &rule),
+            Decision::Deny { rule, hint } => {
+                self.audit.deny(&peer, "Status", "", &rule);
+                return Err(denied(&peer, "see the status of any account", &rule, &hint));
+            }
+        }
         let store = self.sessions.store();
         let accounts = self
             .sessions
             .status()
             .into_iter()
+            // Only the accounts this peer may use (all, for an admin).
+            .filter(|a| visible.contains(&a.name.as_str()))
             .map(|a| pb::AccountStatus {
                 name: a.name,
                 email: a.email,
@@ -194,6 +214,26 @@ impl BrokerService {
             accounts,
             broker_version: env!("CARGO_PKG_VERSION").to_owned(),
         })
+    }
+}
+
+/// Who an allowed call came from, and the rule that allowed it.
+#[derive(Debug)]
+struct Authorized {
+    peer: Arc<PeerIdentity>,
+    rule: String,
+}
+
+/// PERMISSION_DENIED naming the caller and the rule an admin would add; never a word on
+/// the account's tokens or session.
+fn denied(peer: &PeerIdentity, what: &str, rule: &str, hint: &str) -> BrokerError {
+    BrokerError::PermissionDenied {
+        message: format!(
+            "permission denied: the broker's policy does not let the caller ({}) {what} ({rule}). \
+             An admin can allow it by adding this to the broker's config and reloading it \
+             (`systemctl reload therappai-broker` or SIGHUP):\n{hint}",
+            peer.describe()
+        ),
     }
 }
 

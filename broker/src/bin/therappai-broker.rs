@@ -1,14 +1,15 @@
 //! `therappai-broker --config FILE`: runs the broker in the foreground (systemd runs it).
 //!
 //! `main` is a list of phases: arguments → telemetry → hardening → config (exit 64 on a bad
-//! one) → start (store, sessions, socket) → serve → drain on SIGTERM/SIGINT → exit code.
+//! one) → start (store, sessions, socket) → serve (SIGHUP reloads the policy rules) → drain
+//! on SIGTERM/SIGINT → exit code.
 
 use anyhow::Context;
 use clap::Parser;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use therappai_broker::config::Config;
-use therappai_broker::{Daemon, store};
+use therappai_broker::{Daemon, reload::Reloader, store};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a configuration or usage error (sysexits EX_USAGE).
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
             tracing::warn!(error = %e, "could not join a session keyring of our own");
         }
     }
-    match run(config) {
+    match run(config, &args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -69,7 +70,7 @@ fn harden() {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,25 +81,39 @@ fn run(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("start the broker on {}", socket.display()))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(forward_signals(shutdown.clone()));
+        tokio::spawn(forward_signals(
+            shutdown.clone(),
+            daemon.reloader(),
+            config_path.to_owned(),
+        ));
         daemon.serve(shutdown).await.context("serve gRPC")?;
         anyhow::Ok(())
     })
 }
 
-/// SIGTERM or SIGINT → one shutdown signal for every task.
-async fn forward_signals(shutdown: CancellationToken) {
+/// SIGTERM or SIGINT → one shutdown signal for every task; SIGHUP → reload the policy.
+async fn forward_signals(shutdown: CancellationToken, reloader: Reloader, config_path: PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop the broker with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                tracing::info!(file = %config_path.display(), "SIGHUP: reloading the config");
+                // Group lookups may block on NSS (LDAP, sssd): off the async workers.
+                let path = config_path.clone();
+                let reloader = &reloader;
+                tokio::task::block_in_place(move || reloader.reload(&path));
+            }
+        }
     }
     shutdown.cancel();
 }

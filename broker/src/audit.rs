@@ -1,0 +1,97 @@
+//! Audit events: one structured event per grant, denial and admin action, on the tracing
+//! target `audit`, so they can be routed and filtered on their own.
+//!
+//! Every event carries the peer's uid, gid, pid, exe and unit, the account, the rpc, the
+//! decision and the rule that made it. Denials and admin actions are always logged at
+//! warn/info. Token and status grants are rate-limited: at most one info event per (uid,
+//! exe, account, rpc) per minute; the ones in between go out at debug level
+//! (`RUST_LOG=audit=debug` shows them all) and the next info event counts them in
+//! `suppressed`. Never carries a token.
+
+use crate::peer::PeerIdentity;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// At most one info-level grant event per key per this window.
+pub const GRANT_WINDOW: Duration = Duration::from_secs(60);
+/// Past this many keys, windows that have ended are forgotten.
+const MAX_KEYS: usize = 4096;
+
+type GrantKey = (u32, Option<std::path::PathBuf>, String, &'static str);
+
+#[derive(Debug, Default)]
+pub struct Audit {
+    grants: Mutex<HashMap<GrantKey, (Instant, u64)>>,
+}
+
+fn pid(peer: &PeerIdentity) -> String {
+    peer.pid
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+impl Audit {
+    /// A token or status grant (rate-limited, see the module doc).
+    pub fn grant(&self, peer: &PeerIdentity, rpc: &'static str, account: &str, rule: &str) {
+        let key = (peer.uid, peer.exe.clone(), account.to_owned(), rpc);
+        let now = Instant::now();
+        let suppressed = {
+            let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
+            if grants.len() > MAX_KEYS {
+                grants.retain(|_, (start, _)| now.duration_since(*start) < GRANT_WINDOW);
+            }
+            match grants.get_mut(&key) {
+                Some((start, count)) if now.duration_since(*start) < GRANT_WINDOW => {
+                    *count += 1;
+                    None
+                }
+                Some(window) => Some(std::mem::replace(window, (now, 0)).1),
+                None => {
+                    grants.insert(key, (now, 0));
+                    Some(0)
+                }
+            }
+        };
+        let (uid, gid, pid, exe, unit) = (
+            peer.uid,
+            peer.gid,
+            pid(peer),
+            peer.exe_display(),
+            peer.unit_display(),
+        );
+        match suppressed {
+            Some(suppressed) => {
+                tracing::info!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, suppressed, "granted")
+            }
+            None => {
+                tracing::debug!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, "granted (rate-limited)")
+            }
+        }
+    }
+
+    /// A denial: always logged, never sampled.
+    pub fn deny(&self, peer: &PeerIdentity, rpc: &str, account: &str, rule: &str) {
+        let (uid, gid, pid, exe, unit) = (
+            peer.uid,
+            peer.gid,
+            pid(peer),
+            peer.exe_display(),
+            peer.unit_display(),
+        );
+        tracing::warn!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "deny", rule, "denied");
+    }
+
+    /// An admin action that policy allowed, with its outcome ("ok" or an error reason):
+    /// always logged, never sampled.
+    pub fn admin(&self, peer: &PeerIdentity, rpc: &str, account: &str, rule: &str, outcome: &str) {
+        let (uid, gid, pid, exe, unit) = (
+            peer.uid,
+            peer.gid,
+            pid(peer),
+            peer.exe_display(),
+            peer.unit_display(),
+        );
+        tracing::info!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, outcome, "admin action");
+    }
+}
