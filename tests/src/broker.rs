@@ -24,6 +24,14 @@ pub struct BrokerOptions {
     pub revoke_path: Option<String>,
     /// Log filter passed as `--log-level`.
     pub log_level: String,
+    /// Top-level keys written before the first table (e.g. `socket_group = "nogroup"`).
+    pub top_config: String,
+    /// Tables appended at the end (e.g. `[[allow]]` rules); `{dir}` is replaced by the
+    /// broker's directory.
+    pub extra_config: String,
+    /// Make the broker's directory traversable (0711) so processes of other uids can reach
+    /// the socket (whose own mode and group then decide).
+    pub shared_dir: bool,
 }
 
 impl BrokerOptions {
@@ -34,6 +42,9 @@ impl BrokerOptions {
             accounts: vec![("default".to_owned(), email.to_owned())],
             revoke_path: None,
             log_level: "debug".to_owned(),
+            top_config: String::new(),
+            extra_config: String::new(),
+            shared_dir: false,
         }
     }
 }
@@ -57,7 +68,17 @@ pub struct Broker {
     pub service: String,
     pub options: BrokerOptions,
     pub secret_service: Option<SecretServiceSession>,
+    /// The config without `extra_config`, for [`Broker::rewrite_extra_config`].
+    base_config: String,
     child: Option<Child>,
+}
+
+/// `base` with `extra` appended, `{dir}` in `extra` replaced by `dir`.
+fn with_extra(base: &str, extra: &str, dir: &Path) -> String {
+    format!(
+        "{base}\n{}",
+        extra.replace("{dir}", &dir.display().to_string())
+    )
 }
 
 impl Broker {
@@ -65,14 +86,20 @@ impl Broker {
     #[track_caller]
     pub fn start(options: BrokerOptions, base_url: &str, ca_pem: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        if options.shared_dir {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod the broker's directory 0711");
+        }
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_pem).expect("write CA");
         let socket = dir.path().join("run/broker.sock");
         let service = unique_name("therappai-broker-test");
         let config_path = dir.path().join("broker.toml");
         let mut config = format!(
-            "socket = \"{}\"\nshutdown_grace_seconds = 3\n\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = 5\n",
+            "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = 5\n",
             socket.display(),
+            options.top_config,
             match options.store {
                 StoreKind::SecretService => "secret-service",
                 StoreKind::Keyutils => "keyutils",
@@ -87,7 +114,12 @@ impl Broker {
                 "\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"
             ));
         }
-        std::fs::write(&config_path, config).expect("write config");
+        let base_config = config;
+        std::fs::write(
+            &config_path,
+            with_extra(&base_config, &options.extra_config, dir.path()),
+        )
+        .expect("write config");
         let secret_service =
             (options.store == StoreKind::SecretService).then(SecretServiceSession::start);
         let log_path = dir.path().join("broker.log");
@@ -99,6 +131,7 @@ impl Broker {
             service,
             options,
             secret_service,
+            base_config,
             child: None,
         };
         broker.spawn();
@@ -183,6 +216,37 @@ impl Broker {
         self.spawn();
     }
 
+    /// Rewrites the config file with new `extra_config` (the broker reads it on SIGHUP).
+    #[track_caller]
+    pub fn rewrite_extra_config(&mut self, extra: &str) {
+        self.options.extra_config = extra.to_owned();
+        let text = with_extra(&self.base_config, extra, self.dir.path());
+        std::fs::write(&self.config_path, text).expect("rewrite config");
+    }
+
+    /// The broker's process id.
+    #[track_caller]
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("broker is running");
+        i32::try_from(child.id()).expect("pid fits i32")
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the broker.
+    #[track_caller]
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({signal}): {}", std::io::Error::last_os_error());
+    }
+
+    /// How many log lines contain every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> usize {
+        self.logs()
+            .lines()
+            .filter(|line| needles.iter().all(|n| line.contains(n)))
+            .count()
+    }
+
     /// Whether the broker process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
@@ -200,7 +264,28 @@ impl Broker {
 
     /// As [`Broker::ctl`], writing `stdin` to its standard input.
     pub async fn ctl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CtlOutput {
-        let mut command = Command::new(workspace_bin("therappai-brokerctl"));
+        let ctl = workspace_bin("therappai-brokerctl");
+        self.run_ctl(&[], &ctl, args, stdin).await
+    }
+
+    /// Runs `wrapper… ctl --socket SOCKET args…`, e.g. with `wrapper` =
+    /// `["setpriv", "--reuid=65534", …, "--"]` to run as another user, or a copy of the CLI
+    /// at another path as `ctl`.
+    pub async fn run_ctl(
+        &self,
+        wrapper: &[&str],
+        ctl: &Path,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> CtlOutput {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(ctl);
+                command
+            }
+            None => Command::new(ctl),
+        };
         command
             .arg("--socket")
             .arg(&self.socket)

@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod keyring;
+pub mod peer;
 
 pub use broker::{Broker, BrokerOptions, CtlOutput, StoreKind, broker_refuses};
 pub use keyring::SecretServiceSession;
