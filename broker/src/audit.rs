@@ -35,24 +35,7 @@ impl Audit {
     /// A token or status grant (rate-limited, see the module doc).
     pub fn grant(&self, peer: &PeerIdentity, rpc: &'static str, account: &str, rule: &str) {
         let key = (peer.uid, peer.exe.clone(), account.to_owned(), rpc);
-        let now = Instant::now();
-        let suppressed = {
-            let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
-            if grants.len() > MAX_KEYS {
-                grants.retain(|_, (start, _)| now.duration_since(*start) < GRANT_WINDOW);
-            }
-            match grants.get_mut(&key) {
-                Some((start, count)) if now.duration_since(*start) < GRANT_WINDOW => {
-                    *count += 1;
-                    None
-                }
-                Some(window) => Some(std::mem::replace(window, (now, 0)).1),
-                None => {
-                    grants.insert(key, (now, 0));
-                    Some(0)
-                }
-            }
-        };
+        let suppressed = self.admit(key, Instant::now());
         let (uid, gid, pid, exe, unit) = (
             peer.uid,
             peer.gid,
@@ -66,6 +49,26 @@ impl Audit {
             }
             None => {
                 tracing::debug!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, "granted (rate-limited)")
+            }
+        }
+    }
+
+    /// Whether a grant with `key` at `now` gets an info event: `Some(n)` with the number of
+    /// grants suppressed since the last one, or `None` (suppressed: debug only).
+    fn admit(&self, key: GrantKey, now: Instant) -> Option<u64> {
+        let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
+        if grants.len() > MAX_KEYS {
+            grants.retain(|_, (start, _)| now.duration_since(*start) < GRANT_WINDOW);
+        }
+        match grants.get_mut(&key) {
+            Some((start, count)) if now.duration_since(*start) < GRANT_WINDOW => {
+                *count += 1;
+                None
+            }
+            Some(window) => Some(std::mem::replace(window, (now, 0)).1),
+            None => {
+                grants.insert(key, (now, 0));
+                Some(0)
             }
         }
     }
@@ -93,5 +96,26 @@ impl Audit {
             peer.unit_display(),
         );
         tracing::info!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, outcome, "admin action");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_grant_event_per_key_per_window_counting_the_rest() {
+        let audit = Audit::default();
+        let key = |uid| (uid, None, "default".to_owned(), "GetAccessToken");
+        let t0 = Instant::now();
+        assert_eq!(audit.admit(key(1), t0), Some(0));
+        assert_eq!(audit.admit(key(1), t0 + Duration::from_secs(1)), None);
+        assert_eq!(audit.admit(key(1), t0 + Duration::from_secs(2)), None);
+        assert_eq!(
+            audit.admit(key(2), t0),
+            Some(0),
+            "another uid has its own window"
+        );
+        assert_eq!(audit.admit(key(1), t0 + GRANT_WINDOW), Some(2));
     }
 }
