@@ -3,8 +3,9 @@
 //!
 //! Modules in the order a request travels:
 //! [`listener`] → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
-//! [`upstream`] → [`store`]; beside them [`session`] (login, logout, restore, status),
-//! [`secret`], [`config`], [`paths`], [`clock`], [`jwt`], [`telemetry`] and [`error`].
+//! [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke, restore, status),
+//! [`ratelimit`] (failed logins), [`secret`], [`config`], [`paths`], [`clock`], [`jwt`],
+//! [`telemetry`] and [`error`].
 
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
@@ -18,6 +19,7 @@ pub mod listener;
 pub mod paths;
 pub mod peer;
 pub mod policy;
+pub mod ratelimit;
 pub mod refresh;
 pub mod secret;
 pub mod service;
@@ -30,6 +32,7 @@ use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::policy::Policy;
+use crate::ratelimit::SharedLimiter;
 use crate::refresh::Refresher;
 use crate::service::BrokerService;
 use crate::session::Sessions;
@@ -94,6 +97,10 @@ impl Daemon {
         ));
         sessions.restore().await;
         let refresher = Arc::new(Refresher::new(upstream, store, Arc::clone(&clock)));
+        let login_limiter = Arc::new(SharedLimiter::new(
+            config.login_limits.clone(),
+            Arc::clone(&clock),
+        ));
         let listener = listener::bind(&config.socket)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let broker_uid = unsafe { libc::geteuid() };
@@ -102,6 +109,7 @@ impl Daemon {
             cache,
             refresher,
             sessions,
+            login_limiter,
             clock,
         };
         Ok(Self {
