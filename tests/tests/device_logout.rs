@@ -57,14 +57,22 @@ async fn device_logout_wipes_everything(store: StoreKind) {
             .to_owned()
     };
     assert!(line("default").contains("warning"), "{}", out.stdout);
-    assert!(line("default").contains("store entry deleted"), "{}", out.stdout);
+    assert!(
+        line("default").contains("store entry deleted"),
+        "{}",
+        out.stdout
+    );
     assert!(line("bob").contains("therappai: revoked"), "{}", out.stdout);
     assert!(
         line("retired").contains("no longer in the config"),
         "{}",
         out.stdout
     );
-    assert!(line("retired").contains("therappai: revoked"), "{}", out.stdout);
+    assert!(
+        line("retired").contains("therappai: revoked"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(fake.counters().blacklist_calls, 3, "each token was sent");
     assert_eq!(fake.counters().blacklist_ok, 2, "one call failed upstream");
 
