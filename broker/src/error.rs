@@ -63,7 +63,7 @@ pub enum BrokerError {
         "{}: wait until {} (in {} s), then run `therappai-brokerctl login --account {account}` again",
         rate_limit_cause(.scope, *.locked_out),
         crate::clock::utc_rfc3339(*.retry_at),
-        .retry_in.as_secs().max(1)
+        whole_seconds_up(*.retry_in)
     )]
     RateLimited {
         account: String,
@@ -72,6 +72,11 @@ pub enum BrokerError {
         retry_at: std::time::SystemTime,
         retry_in: std::time::Duration,
     },
+}
+
+/// Rounded up, and at least 1: "in 0 s" would invite an immediate, refused retry.
+fn whole_seconds_up(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 fn rate_limit_cause(scope: &crate::ratelimit::Scope, locked_out: bool) -> String {
