@@ -4,11 +4,6 @@
 //! successful login resets the counter. The limiter's state machine (doubling, windows, the
 //! overall limit) is unit-tested in `broker/src/ratelimit.rs` with an injected clock.
 
-#![expect(
-    clippy::expect_used,
-    reason = "end-to-end test: a failed step panics with its reason"
-)]
-
 use fake_therappai::{FakeConfig, FakeTherappai};
 use std::time::{Duration, Instant};
 use therappai_broker_e2e::{Broker, BrokerOptions, CtlOutput, StoreKind};
