@@ -6,6 +6,7 @@
 use crate::groups;
 use crate::paths;
 use crate::policy::{AdminRule, AllowRule, GroupRef, PolicyRules};
+use crate::ratelimit::LoginLimits;
 use crate::store::BackendChoice;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     /// Bound on finishing in-flight calls after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Failed-login limits (`[login_limits]`).
+    pub login_limits: LoginLimits,
 }
 
 /// Ownership and modes of the socket and its directory.
@@ -118,6 +121,8 @@ struct RawConfig {
     #[serde(default)]
     allow: Vec<RawAllow>,
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    login_limits: RawLoginLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +146,16 @@ struct RawAdmin {
     uids: Vec<u32>,
     #[serde(default)]
     groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLoginLimits {
+    failures_per_uid: Option<u32>,
+    failures_overall: Option<u32>,
+    window_seconds: Option<u64>,
+    lockout_seconds: Option<u64>,
+    max_lockout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -212,6 +227,7 @@ impl Config {
         let upstream = validate_upstream(raw.upstream).map_err(invalid)?;
         let socket_access =
             validate_socket_access(raw.socket_group, raw.socket_mode).map_err(invalid)?;
+        let login_limits = validate_login_limits(raw.login_limits).map_err(invalid)?;
 
         let mut accounts: Vec<AccountConfig> = Vec::new();
         for account in raw.accounts {
@@ -257,6 +273,7 @@ impl Config {
             upstream,
             accounts,
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(5)),
+            login_limits,
         })
     }
 
@@ -288,6 +305,52 @@ fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, String> {
         revoke_path,
         request_timeout: Duration::from_secs(timeout),
     })
+}
+
+fn validate_login_limits(raw: RawLoginLimits) -> Result<LoginLimits, String> {
+    let default = LoginLimits::default();
+    let count = |value: Option<u32>, default: u32, key: &str| match value {
+        None => Ok(default),
+        Some(n) if (1..=10_000).contains(&n) => Ok(n),
+        Some(n) => Err(format!(
+            "[login_limits] {key} must be between 1 and 10000, got {n}"
+        )),
+    };
+    // A week bounds every duration: longer only locks a typo'd config's users out for good.
+    let seconds = |value: Option<u64>, default: Duration, key: &str| match value {
+        None => Ok(default),
+        Some(s) if (1..=7 * 86_400).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(s) => Err(format!(
+            "[login_limits] {key} must be between 1 and 604800 seconds, got {s}"
+        )),
+    };
+    let limits = LoginLimits {
+        failures_per_uid: count(
+            raw.failures_per_uid,
+            default.failures_per_uid,
+            "failures_per_uid",
+        )?,
+        failures_overall: count(
+            raw.failures_overall,
+            default.failures_overall,
+            "failures_overall",
+        )?,
+        window: seconds(raw.window_seconds, default.window, "window_seconds")?,
+        lockout: seconds(raw.lockout_seconds, default.lockout, "lockout_seconds")?,
+        max_lockout: seconds(
+            raw.max_lockout_seconds,
+            default.max_lockout,
+            "max_lockout_seconds",
+        )?,
+    };
+    if limits.max_lockout < limits.lockout {
+        return Err(format!(
+            "[login_limits] max_lockout_seconds ({}) must be at least lockout_seconds ({})",
+            limits.max_lockout.as_secs(),
+            limits.lockout.as_secs()
+        ));
+    }
+    Ok(limits)
 }
 
 impl RawUpstream {
@@ -518,6 +581,22 @@ email = "alice@example.com"
             let message = parse(&text).expect_err(bad).to_string();
             assert!(message.contains(needle), "{message}");
         }
+    }
+
+    #[test]
+    fn login_limits_default_and_override() {
+        let config = parse(GOOD).expect("valid config");
+        assert_eq!(config.login_limits, LoginLimits::default());
+        let text = format!("{GOOD}\n[login_limits]\nfailures_per_uid = 3\nlockout_seconds = 2\n");
+        let config = parse(&text).expect("valid limits");
+        assert_eq!(config.login_limits.failures_per_uid, 3);
+        assert_eq!(config.login_limits.lockout, Duration::from_secs(2));
+        let bad =
+            format!("{GOOD}\n[login_limits]\nlockout_seconds = 600\nmax_lockout_seconds = 60\n");
+        let message = parse(&bad).expect_err("max < lockout").to_string();
+        assert!(message.contains("max_lockout_seconds"), "{message}");
+        let typo = format!("{GOOD}\n[login_limits]\nfailures = 3\n");
+        assert!(parse(&typo).is_err());
     }
 
     #[test]

@@ -11,6 +11,9 @@ use tonic::{Code, Status};
 
 /// Metadata key carrying [`BrokerError::reason`] on every error status.
 pub const REASON_KEY: &str = "x-therappai-reason";
+/// Metadata key carrying, on a rate-limit status, when the caller may try again (Unix
+/// seconds).
+pub const RETRY_AT_KEY: &str = "x-therappai-retry-at";
 
 /// Why a request could not be served. Each message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,42 @@ pub enum BrokerError {
     /// A request field is missing or malformed.
     #[error("{message}")]
     InvalidArgument { message: String },
+    /// Too many failed logins: the caller may try again at `retry_at`.
+    #[error(
+        "{}: wait until {} (in {} s), then run `therappai-brokerctl login --account {account}` again",
+        rate_limit_cause(.scope, *.locked_out),
+        crate::clock::utc_rfc3339(*.retry_at),
+        whole_seconds_up(*.retry_in)
+    )]
+    RateLimited {
+        account: String,
+        scope: crate::ratelimit::Scope,
+        locked_out: bool,
+        retry_at: std::time::SystemTime,
+        retry_in: std::time::Duration,
+    },
+}
+
+/// Rounded up, and at least 1: "in 0 s" would invite an immediate, refused retry.
+fn whole_seconds_up(d: std::time::Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+fn rate_limit_cause(scope: &crate::ratelimit::Scope, locked_out: bool) -> String {
+    match (locked_out, scope) {
+        (true, crate::ratelimit::Scope::Overall) => {
+            "login is locked for every caller after too many failed logins on this broker"
+                .to_owned()
+        }
+        (true, scope) => format!(
+            "login is locked for {} after too many failed logins",
+            scope.describe()
+        ),
+        (false, scope) => format!(
+            "other login attempts of {} are still in flight and use up what is left of its allowance",
+            scope.describe()
+        ),
+    }
 }
 
 fn known_list(known: &[String]) -> String {
@@ -102,6 +141,7 @@ impl BrokerError {
             Self::UpstreamRefused { .. } => "upstream-refused",
             Self::Store { .. } => "store-failed",
             Self::InvalidArgument { .. } => "invalid-argument",
+            Self::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -115,6 +155,7 @@ impl BrokerError {
             Self::UpstreamRefused { .. } => Code::FailedPrecondition,
             Self::Store { .. } => Code::Internal,
             Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::RateLimited { .. } => Code::ResourceExhausted,
         }
     }
 }
@@ -125,6 +166,12 @@ impl From<BrokerError> for Status {
         let mut status = Status::new(err.code(), err.to_string());
         if let Ok(value) = err.reason().parse() {
             status.metadata_mut().insert(REASON_KEY, value);
+        }
+        if let BrokerError::RateLimited { retry_at, .. } = &err {
+            let unix = crate::jwt::unix_seconds(*retry_at);
+            if let Ok(value) = unix.to_string().parse() {
+                status.metadata_mut().insert(RETRY_AT_KEY, value);
+            }
         }
         status
     }
@@ -152,6 +199,36 @@ mod tests {
                 .get(REASON_KEY)
                 .and_then(|v| v.to_str().ok()),
             Some("needs-login")
+        );
+    }
+
+    #[test]
+    fn rate_limit_is_resource_exhausted_with_the_retry_time() {
+        let retry_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096);
+        let status = Status::from(BrokerError::RateLimited {
+            account: "work".into(),
+            scope: crate::ratelimit::Scope::Uid(1000),
+            locked_out: true,
+            retry_at,
+            retry_in: std::time::Duration::from_secs(60),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("2024-02-29T12:34:56Z"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("uid 1000"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETRY_AT_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("1709210096")
         );
     }
 

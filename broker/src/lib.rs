@@ -3,9 +3,9 @@
 //!
 //! Modules in the order a request travels:
 //! [`listener`] → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
-//! [`upstream`] → [`store`]; beside them [`session`] (login, logout, restore, status),
-//! [`secret`], [`config`] (with [`groups`] and [`reload`]), [`audit`], [`paths`], [`clock`],
-//! [`jwt`], [`telemetry`] and [`error`].
+//! [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke, restore, status),
+//! [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`] and [`reload`]),
+//! [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`] and [`error`].
 
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
@@ -21,6 +21,7 @@ pub mod listener;
 pub mod paths;
 pub mod peer;
 pub mod policy;
+pub mod ratelimit;
 pub mod refresh;
 pub mod reload;
 pub mod secret;
@@ -34,6 +35,7 @@ use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::policy::{Policy, SharedPolicy};
+use crate::ratelimit::SharedLimiter;
 use crate::refresh::Refresher;
 use crate::service::BrokerService;
 use crate::session::Sessions;
@@ -98,6 +100,10 @@ impl Daemon {
         ));
         sessions.restore().await;
         let refresher = Arc::new(Refresher::new(upstream, store, Arc::clone(&clock)));
+        let login_limiter = Arc::new(SharedLimiter::new(
+            config.login_limits.clone(),
+            Arc::clone(&clock),
+        ));
         let listener = listener::bind(&config.socket, &config.socket_access)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let broker_uid = unsafe { libc::geteuid() };
@@ -111,6 +117,7 @@ impl Daemon {
             cache,
             refresher,
             sessions,
+            login_limiter,
             clock,
         };
         Ok(Self {

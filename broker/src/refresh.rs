@@ -8,6 +8,10 @@
 //! stored). A refresh token the upstream rejects is deleted and the account goes to
 //! `needs-login`: no further upstream call until a new login.
 //!
+//! A logout or revoke does not wait for a refresh in flight to end: it bumps the account's
+//! session epoch at once (see `cache.rs`), and a refresh that started under an older epoch
+//! drops its result instead of storing, caching or serving it.
+//!
 //! Never logs a token; logs carry fingerprints.
 
 use crate::cache::{AccountSlot, ServedToken, SessionState};
@@ -16,7 +20,7 @@ use crate::error::BrokerError;
 use crate::jwt;
 use crate::secret::RefreshToken;
 use crate::store::StoreHandle;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Refreshed, Upstream, UpstreamError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,14 +64,16 @@ impl Refresher {
         min_valid: Duration,
     ) -> Result<ServedToken, BrokerError> {
         let _flight = slot.flight.lock().await;
+        // Read before the token, so a logout that wipes it after this point is noticed.
+        let epoch = slot.epoch();
         // Someone else may have refreshed while we queued for the slot.
         if let Some(served) = slot.fresh_access(self.clock.now(), min_valid) {
             return Ok(served);
         }
         let account = slot.config.name.as_str();
-        let refresh = self.current_refresh_token(slot).await?;
+        let refresh = self.current_refresh_token(slot, epoch).await?;
 
-        slot.state().session = SessionState::Refreshing;
+        slot.update_if_current(epoch, |state| state.set_session(SessionState::Refreshing));
         tracing::debug!(account, refresh_sha256 = %refresh.fingerprint(), "refreshing access token");
         let result = self.upstream.refresh(&refresh).await;
         let now = self.clock.now();
@@ -75,17 +81,21 @@ impl Refresher {
         let refreshed = match result {
             Ok(refreshed) => refreshed,
             Err(UpstreamError::TokenNotValid { detail }) => {
-                return Err(self.end_session(slot, &refresh, detail).await);
+                return Err(self.end_session(slot, epoch, &refresh, detail).await);
             }
             Err(err) => {
                 let outcome = err.to_string();
                 tracing::warn!(account, error = %outcome, "refresh failed; will retry on the next request");
-                let mut state = slot.state();
-                state.session = SessionState::Active;
-                state.last_refresh = Some((now, outcome));
+                slot.update_if_current(epoch, |state| {
+                    state.set_session(SessionState::Active);
+                    state.last_refresh = Some((now, outcome));
+                });
                 return Err(BrokerError::from_upstream(account, err));
             }
         };
+        if slot.epoch() != epoch {
+            return Err(self.discard_stale(slot, refreshed).await);
+        }
 
         // Rotation: the new refresh token must be in the store before the new access token is
         // handed out, or a crash now would leave only a retired token behind.
@@ -97,19 +107,31 @@ impl Refresher {
             }
         }
         let access_sha = refreshed.access.token.fingerprint();
-        let mut state = slot.state();
-        if let Some(rotated) = refreshed.rotated {
-            state.refresh = Some(rotated);
-            state.refresh_stored = stored;
-        }
-        let served = ServedToken {
-            token: refreshed.access.token.duplicate(),
-            expires_at: refreshed.access.expires_at,
+        let committed = {
+            let mut state = slot.state();
+            if state.epoch() == epoch {
+                if let Some(rotated) = refreshed.rotated {
+                    state.refresh = Some(rotated);
+                    state.refresh_stored = stored;
+                }
+                let served = ServedToken {
+                    token: refreshed.access.token.duplicate(),
+                    expires_at: refreshed.access.expires_at,
+                };
+                state.access = Some(refreshed.access);
+                state.set_session(SessionState::Active);
+                state.last_refresh = Some((now, "ok".to_owned()));
+                Ok(served)
+            } else {
+                Err(refreshed)
+            }
         };
-        state.access = Some(refreshed.access);
-        state.session = SessionState::Active;
-        state.last_refresh = Some((now, "ok".to_owned()));
-        drop(state);
+        // A logout or revoke that ended the session during the store write deletes the entry
+        // once this refresh releases the flight slot; here only memory and the caller matter.
+        let served = match committed {
+            Ok(served) => served,
+            Err(refreshed) => return Err(self.discard_stale(slot, refreshed).await),
+        };
         tracing::info!(
             account,
             access_sha256 = %access_sha,
@@ -120,11 +142,15 @@ impl Refresher {
     }
 
     /// The refresh token from memory; after a failed start-up load, from the store.
-    async fn current_refresh_token(&self, slot: &AccountSlot) -> Result<RefreshToken, BrokerError> {
+    async fn current_refresh_token(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+    ) -> Result<RefreshToken, BrokerError> {
         let account = slot.config.name.as_str();
         {
             let state = slot.state();
-            match state.session {
+            match state.session() {
                 SessionState::NeedsLogin => {
                     return Err(BrokerError::NeedsLogin {
                         account: account.to_owned(),
@@ -144,10 +170,11 @@ impl Refresher {
         // Nothing in memory: the store may hold one (e.g. it was locked at start-up).
         match self.store.load(account).await {
             Ok(Some(refresh)) => {
-                let mut state = slot.state();
-                state.refresh = Some(refresh.duplicate());
-                state.refresh_stored = true;
-                state.session = SessionState::Active;
+                slot.update_if_current(epoch, |state| {
+                    state.refresh = Some(refresh.duplicate());
+                    state.refresh_stored = true;
+                    state.set_session(SessionState::Active);
+                });
                 Ok(refresh)
             }
             Ok(None) => Err(BrokerError::NotLoggedIn {
@@ -164,6 +191,7 @@ impl Refresher {
     async fn end_session(
         &self,
         slot: &AccountSlot,
+        epoch: u64,
         refresh: &RefreshToken,
         detail: String,
     ) -> BrokerError {
@@ -173,13 +201,33 @@ impl Refresher {
         if let Err(err) = self.store.delete(account).await {
             tracing::error!(account, error = %err, "could not delete the rejected refresh token from the store");
         }
-        let mut state = slot.state();
-        state.clear(SessionState::NeedsLogin);
-        state.needs_login_reason = Some(reason.clone());
-        state.last_refresh = Some((self.clock.now(), reason.clone()));
+        let now = self.clock.now();
+        // After a logout during this refresh the account stays logged-out.
+        slot.update_if_current(epoch, |state| {
+            state.clear(SessionState::NeedsLogin);
+            state.needs_login_reason = Some(reason.clone());
+            state.last_refresh = Some((now, reason.clone()));
+        });
         BrokerError::NeedsLogin {
             account: account.to_owned(),
             reason,
+        }
+    }
+
+    /// A logout or revoke ended the session while this refresh was in flight: nothing it got
+    /// is stored, cached or served, and a rotated refresh token is revoked (best effort) so
+    /// the ended session cannot live on upstream.
+    async fn discard_stale(&self, slot: &AccountSlot, refreshed: Refreshed) -> BrokerError {
+        let account = slot.config.name.as_str();
+        tracing::warn!(account, access_sha256 = %refreshed.access.token.fingerprint(), "the session ended during this refresh; its result is dropped");
+        if let Some(rotated) = &refreshed.rotated {
+            let outcome = self.upstream.revoke(rotated).await;
+            tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token rotated during the ended session");
+        }
+        BrokerError::NeedsLogin {
+            account: account.to_owned(),
+            reason: "the session was logged out or revoked while this request was in flight"
+                .to_owned(),
         }
     }
 }

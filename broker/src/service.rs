@@ -2,7 +2,10 @@
 //!
 //! Handlers translate between wire messages and the broker's types; errors become
 //! `tonic::Status` only through `error.rs`. Every grant, denial and admin action is one event
-//! on the `audit` tracing target. Nothing here logs a token or a password.
+//! on the `audit` tracing target. Nothing here logs a token or a password. Logout, device
+//! logout and revoke are in [`end`].
+
+mod end;
 
 use crate::audit::Audit;
 use crate::cache::{Cache, SessionState};
@@ -11,10 +14,10 @@ use crate::error::BrokerError;
 use crate::jwt::unix_seconds;
 use crate::peer::PeerIdentity;
 use crate::policy::{Action, Decision, SharedPolicy};
+use crate::ratelimit::{Outcome, Refusal, SharedLimiter};
 use crate::refresh::Refresher;
 use crate::secret::Password;
 use crate::session::Sessions;
-use crate::upstream::Revocation;
 use std::sync::Arc;
 use std::time::Duration;
 use therappai_broker_proto::v1 as pb;
@@ -33,6 +36,7 @@ pub struct BrokerService {
     pub cache: Arc<Cache>,
     pub refresher: Arc<Refresher>,
     pub sessions: Arc<Sessions>,
+    pub login_limiter: Arc<SharedLimiter>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -115,9 +119,16 @@ impl BrokerService {
         mut request: Request<pb::LoginRequest>,
     ) -> Result<pb::LoginResponse, BrokerError> {
         let who = self.authorize(&request, "Login", Action::Admin)?;
+        let uid = who.peer.uid;
         let body = request.get_mut();
         let account = std::mem::take(&mut body.account);
         let password = Password::new(std::mem::take(&mut body.password));
+        // Before anything else, so a locked-out caller learns nothing (not even whether an
+        // account name exists) and never reaches the upstream.
+        let attempt = self
+            .login_limiter
+            .begin(uid, &account)
+            .map_err(|refusal| self.rate_limited(&account, uid, refusal))?;
         self.account_slot(&account)?;
         if password.expose().is_empty() {
             return Err(BrokerError::InvalidArgument {
@@ -128,6 +139,14 @@ impl BrokerService {
         let outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason());
         self.audit
             .admin(&who.peer, "Login", &account, &who.rule, outcome);
+        let lockouts = attempt.finish(match &result {
+            Ok(_) => Outcome::Success,
+            Err(BrokerError::InvalidCredentials { .. }) => Outcome::Failure,
+            Err(_) => Outcome::Neutral,
+        });
+        for lockout in lockouts {
+            tracing::warn!(target: "audit", event = "login-lockout", scope = %lockout.scope.describe(), uid, account, strikes = lockout.strikes, until = %crate::clock::utc_rfc3339(lockout.until), "too many failed logins: login locked out");
+        }
         let expires_at = result?;
         Ok(pb::LoginResponse {
             access_expires_at_unix: unix_seconds(expires_at),
@@ -135,45 +154,18 @@ impl BrokerService {
         })
     }
 
-    async fn logout_inner(
-        &self,
-        request: Request<pb::LogoutRequest>,
-    ) -> Result<pb::LogoutResponse, BrokerError> {
-        let who = self.authorize(&request, "Logout", Action::Admin)?;
-        let account = request.get_ref().account.clone();
-        self.account_slot(&account)?;
-        let outcome = self.sessions.logout(&account).await;
-        let reason = outcome
-            .as_ref()
-            .map(|_| "ok")
-            .unwrap_or_else(|e| e.reason());
-        self.audit
-            .admin(&who.peer, "Logout", &account, &who.rule, reason);
-        let outcome = outcome?;
-        let (upstream, upstream_detail) = match outcome.upstream {
-            None => (
-                pb::UpstreamRevocation::NothingToRevoke,
-                "there was no refresh token to revoke".to_owned(),
-            ),
-            Some(Revocation::Done) => (
-                pb::UpstreamRevocation::Done,
-                "therappai revoked the refresh token".to_owned(),
-            ),
-            Some(Revocation::NotConfigured) => (
-                pb::UpstreamRevocation::NotConfigured,
-                "therappai was not told: no [upstream] revoke_path is configured".to_owned(),
-            ),
-            Some(Revocation::Failed(reason)) => (
-                pb::UpstreamRevocation::Failed,
-                format!("therappai was not told: {reason}"),
-            ),
-        };
-        Ok(pb::LogoutResponse {
-            was_logged_in: outcome.was_logged_in,
-            store_entry_deleted: outcome.store_entry_deleted,
-            upstream: upstream.into(),
-            upstream_detail,
-        })
+    /// The error for a login the limiter refused, with its audit event.
+    fn rate_limited(&self, account: &str, uid: u32, refusal: Refusal) -> BrokerError {
+        let now = self.clock.now();
+        let retry_in = refusal.retry_at.duration_since(now).unwrap_or_default();
+        tracing::warn!(target: "audit", rpc = "Login", event = "login-refused", uid, account, scope = %refusal.scope.describe(), locked_out = refusal.locked_out, retry_at = %crate::clock::utc_rfc3339(refusal.retry_at), "login refused by the rate limit");
+        BrokerError::RateLimited {
+            account: account.to_owned(),
+            scope: refusal.scope,
+            locked_out: refusal.locked_out,
+            retry_at: refusal.retry_at,
+            retry_in,
+        }
     }
 
     fn status_inner(
@@ -274,6 +266,20 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         Ok(Response::new(self.logout_inner(request).await?))
+    }
+
+    async fn logout_device(
+        &self,
+        request: Request<pb::LogoutDeviceRequest>,
+    ) -> Result<Response<pb::LogoutDeviceResponse>, Status> {
+        Ok(Response::new(self.logout_device_inner(request).await?))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        Ok(Response::new(self.revoke_inner(request).await?))
     }
 
     async fn status(

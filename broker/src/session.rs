@@ -1,9 +1,15 @@
 //! Session lifecycle: restoring accounts from the store at start-up, login, logout and the
 //! status snapshot.
 //!
-//! Login and logout take the account's flight slot, so they never interleave with a refresh
-//! of the same account. The store is touched only here (load, login, logout) and by the
-//! refresher (rotation, rejection). Never logs a token or a password.
+//! Login takes the account's flight slot, so it never interleaves with a refresh of the same
+//! account. Logout and revoke (in [`end`]) first end the session epoch — at once, without
+//! waiting for a refresh in flight — and then take the flight slot for the upstream and store
+//! steps. The store is touched only here (load, login, logout) and by the refresher (rotation,
+//! rejection). Never logs a token or a password.
+
+mod end;
+
+pub use end::{AccountOutcome, DeviceOutcome, EndMode};
 
 use crate::cache::{Cache, SessionState};
 use crate::clock::Clock;
@@ -11,7 +17,7 @@ use crate::error::BrokerError;
 use crate::jwt;
 use crate::secret::Password;
 use crate::store::StoreHandle;
-use crate::upstream::{Revocation, Upstream};
+use crate::upstream::{LoginTokens, Upstream};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,15 +27,6 @@ pub struct Sessions {
     upstream: Upstream,
     store: StoreHandle,
     clock: Arc<dyn Clock>,
-}
-
-/// What a logout did, step by step.
-#[derive(Debug)]
-pub struct LogoutOutcome {
-    pub was_logged_in: bool,
-    pub store_entry_deleted: bool,
-    /// `None` when there was no refresh token to revoke.
-    pub upstream: Option<Revocation>,
 }
 
 /// One account in the status report. Never carries a token.
@@ -72,7 +69,7 @@ impl Sessions {
                     tracing::info!(account, refresh_sha256 = %refresh.fingerprint(), expired, "restored session from the store");
                     state.refresh = Some(refresh);
                     state.refresh_stored = true;
-                    state.session = SessionState::Active;
+                    state.set_session(SessionState::Active);
                 }
                 Ok(None) => tracing::info!(account, "no stored session; logged out"),
                 Err(err) => {
@@ -91,12 +88,16 @@ impl Sessions {
     ) -> Result<SystemTime, BrokerError> {
         let slot = self.slot(account)?;
         let _flight = slot.flight.lock().await;
+        let epoch = slot.epoch();
         let tokens = self
             .upstream
             .login(&slot.config.email, &password)
             .await
             .map_err(|e| BrokerError::from_upstream(account, e))?;
         drop(password);
+        if slot.epoch() != epoch {
+            return Err(self.discard_login(account, tokens).await);
+        }
         self.store
             .save(account, &tokens.refresh)
             .await
@@ -111,45 +112,37 @@ impl Sessions {
             access_sha256 = %tokens.access.token.fingerprint(),
             "logged in; refresh token stored"
         );
-        let mut state = slot.state();
-        state.access = Some(tokens.access);
-        state.refresh = Some(tokens.refresh);
-        state.refresh_stored = true;
-        state.session = SessionState::Active;
-        state.needs_login_reason = None;
-        Ok(expires_at)
+        let committed = {
+            let mut state = slot.state();
+            if state.epoch() == epoch {
+                state.access = Some(tokens.access);
+                state.refresh = Some(tokens.refresh);
+                state.refresh_stored = true;
+                state.set_session(SessionState::Active);
+                state.needs_login_reason = None;
+                Ok(expires_at)
+            } else {
+                Err(tokens)
+            }
+        };
+        // After a logout that ran meanwhile, the logout deletes the entry we just wrote once
+        // this login releases the flight slot.
+        match committed {
+            Ok(expires_at) => Ok(expires_at),
+            Err(tokens) => Err(self.discard_login(account, tokens).await),
+        }
     }
 
-    /// Logs `account` out: tells the upstream (best effort), deletes the store entry and
-    /// forgets the tokens. Logging out a logged-out account succeeds.
-    pub async fn logout(&self, account: &str) -> Result<LogoutOutcome, BrokerError> {
-        let slot = self.slot(account)?;
-        let _flight = slot.flight.lock().await;
-        let in_memory = slot.state().refresh.as_ref().map(|r| r.duplicate());
-        let refresh = match in_memory {
-            Some(r) => Some(r),
-            None => self.store.load(account).await.ok().flatten(),
-        };
-        let had_access = slot.state().access.is_some();
-        let upstream = match &refresh {
-            Some(r) => Some(self.upstream.revoke(r).await),
-            None => None,
-        };
-        let deleted = self.store.delete(account).await;
-        // Memory is wiped whatever the store said: a token must not outlive a logout here.
-        slot.state().clear(SessionState::LoggedOut);
-        let store_existed = deleted.as_ref().is_ok_and(|existed| *existed);
-        let outcome = LogoutOutcome {
-            was_logged_in: refresh.is_some() || had_access || store_existed,
-            store_entry_deleted: deleted.is_ok(),
-            upstream,
-        };
-        tracing::info!(account, ?outcome, "logged out");
-        deleted.map_err(|source| BrokerError::Store {
+    /// A logout or revoke ran while this login was in flight: the new session must not
+    /// survive it, so its refresh token is revoked (best effort) and nothing is kept.
+    async fn discard_login(&self, account: &str, tokens: LoginTokens) -> BrokerError {
+        let outcome = self.upstream.revoke(&tokens.refresh).await;
+        tracing::warn!(account, refresh_sha256 = %tokens.refresh.fingerprint(), ?outcome, "a logout or revoke ran during this login; the new session is dropped");
+        BrokerError::NeedsLogin {
             account: account.to_owned(),
-            source,
-        })?;
-        Ok(outcome)
+            reason: "a logout or revoke of this account ran while the login was in flight"
+                .to_owned(),
+        }
     }
 
     /// Every account's state, in config order.
@@ -161,7 +154,7 @@ impl Sessions {
                 AccountStatus {
                     name: slot.config.name.clone(),
                     email: slot.config.email.clone(),
-                    state: state.session,
+                    state: state.session(),
                     access_expires_at: state.access.as_ref().map(|a| a.expires_at),
                     refresh_token_stored: state.refresh_stored,
                     last_refresh: state.last_refresh.clone(),

@@ -29,9 +29,13 @@ pub enum Error {
     /// therappai is unreachable, failing or refused the request.
     #[error("{message}")]
     Upstream { message: String },
-    /// Too many attempts; try again later.
+    /// Too many failed logins; `retry_at` is when the broker will accept one again (the
+    /// message says it too).
     #[error("{message}")]
-    RateLimited { message: String },
+    RateLimited {
+        message: String,
+        retry_at: Option<std::time::SystemTime>,
+    },
     /// The broker's secure store failed.
     #[error("{message}")]
     Store { message: String },
@@ -64,9 +68,15 @@ impl Error {
             }
             ("unknown-account", _) => Self::UnknownAccount { message },
             ("upstream-unavailable" | "upstream-refused", _) => Self::Upstream { message },
-            ("rate-limited", _) | (_, tonic::Code::ResourceExhausted) => {
-                Self::RateLimited { message }
-            }
+            ("rate-limited", _) | (_, tonic::Code::ResourceExhausted) => Self::RateLimited {
+                retry_at: status
+                    .metadata()
+                    .get("x-therappai-retry-at")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
+                message,
+            },
             ("store-failed", _) => Self::Store { message },
             // A transport failure (broker gone mid-call, socket refused) carries no reason.
             ("", tonic::Code::Unavailable | tonic::Code::Unknown) => Self::Unreachable {

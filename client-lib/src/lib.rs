@@ -149,6 +149,49 @@ impl Client {
             .map_err(|s| Error::from_status(s, account, &self.socket))
     }
 
+    /// Admin: device-level logout: every configured account, plus the store entries left by
+    /// accounts no longer in the broker's config. Each account's outcome is in the answer;
+    /// one failing account does not stop the others.
+    pub async fn logout_device(&mut self) -> Result<proto::LogoutDeviceResponse, Error> {
+        self.inner
+            .logout_device(proto::LogoutDeviceRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Error::from_status(s, "", &self.socket))
+    }
+
+    /// Admin: compromise handling for `account`: revokes its session upstream and wipes it
+    /// locally. The local wipe always happens; check `complete` in the answer: `false` means
+    /// therappai may still honour the refresh token, and each account's `error` says what to do.
+    pub async fn revoke(&mut self, account: &str) -> Result<proto::RevokeResponse, Error> {
+        self.revoke_request(proto::RevokeRequest {
+            account: account.to_owned(),
+            all: false,
+        })
+        .await
+    }
+
+    /// Admin: [`Client::revoke`] for every account and every leftover store entry.
+    pub async fn revoke_all(&mut self) -> Result<proto::RevokeResponse, Error> {
+        self.revoke_request(proto::RevokeRequest {
+            account: String::new(),
+            all: true,
+        })
+        .await
+    }
+
+    async fn revoke_request(
+        &mut self,
+        request: proto::RevokeRequest,
+    ) -> Result<proto::RevokeResponse, Error> {
+        let account = request.account.clone();
+        self.inner
+            .revoke(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| Error::from_status(s, &account, &self.socket))
+    }
+
     /// The state of every account the caller may see. Carries no token.
     pub async fn status(&mut self) -> Result<proto::StatusResponse, Error> {
         self.inner

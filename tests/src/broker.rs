@@ -47,6 +47,13 @@ impl BrokerOptions {
             shared_dir: false,
         }
     }
+
+    /// Adds an `[[account]]`.
+    #[must_use]
+    pub fn with_account(mut self, name: &str, email: &str) -> Self {
+        self.accounts.push((name.to_owned(), email.to_owned()));
+        self
+    }
 }
 
 /// One CLI run.
@@ -96,25 +103,7 @@ impl Broker {
         let socket = dir.path().join("run/broker.sock");
         let service = unique_name("therappai-broker-test");
         let config_path = dir.path().join("broker.toml");
-        let mut config = format!(
-            "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = 5\n",
-            socket.display(),
-            options.top_config,
-            match options.store {
-                StoreKind::SecretService => "secret-service",
-                StoreKind::Keyutils => "keyutils",
-            },
-            ca_file.display()
-        );
-        if let Some(path) = &options.revoke_path {
-            config.push_str(&format!("revoke_path = \"{path}\"\n"));
-        }
-        for (name, email) in &options.accounts {
-            config.push_str(&format!(
-                "\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"
-            ));
-        }
-        let base_config = config;
+        let base_config = config_text(&options, &socket, &service, base_url, &ca_file);
         std::fs::write(
             &config_path,
             with_extra(&base_config, &options.extra_config, dir.path()),
@@ -202,6 +191,34 @@ impl Broker {
             },
         );
         status.expect("exited")
+    }
+
+    /// Stops the broker, rewrites its config with `accounts` instead of the configured ones
+    /// (same store, socket and upstream) and starts it again.
+    #[track_caller]
+    pub fn restart_with_accounts(&mut self, accounts: &[(&str, &str)]) {
+        let status = self.stop();
+        assert!(status.success(), "broker exited with {status} on SIGTERM");
+        self.options.accounts = accounts
+            .iter()
+            .map(|(n, e)| ((*n).to_owned(), (*e).to_owned()))
+            .collect();
+        let old = std::fs::read_to_string(&self.config_path).expect("read config");
+        let base_url = old
+            .lines()
+            .find_map(|l| l.strip_prefix("base_url = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("config has base_url")
+            .to_owned();
+        let config = config_text(
+            &self.options,
+            &self.socket,
+            &self.service,
+            &base_url,
+            &self.dir.path().join("ca.pem"),
+        );
+        std::fs::write(&self.config_path, config).expect("write config");
+        self.spawn();
     }
 
     /// Stops and starts the broker with the same config, store and log.
@@ -370,6 +387,35 @@ impl Drop for Broker {
             let _ = child.wait();
         }
     }
+}
+
+/// The broker's TOML config for `options`.
+fn config_text(
+    options: &BrokerOptions,
+    socket: &Path,
+    service: &str,
+    base_url: &str,
+    ca_file: &Path,
+) -> String {
+    let mut config = format!(
+        "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = 5\n",
+        socket.display(),
+        options.top_config,
+        match options.store {
+            StoreKind::SecretService => "secret-service",
+            StoreKind::Keyutils => "keyutils",
+        },
+        ca_file.display()
+    );
+    if let Some(path) = &options.revoke_path {
+        config.push_str(&format!("revoke_path = \"{path}\"\n"));
+    }
+    for (name, email) in &options.accounts {
+        config.push_str(&format!(
+            "\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"
+        ));
+    }
+    config
 }
 
 /// Runs the broker with `config` (written to a private directory; `{dir}` in the text is

@@ -205,3 +205,26 @@ fn unsafe_socket_directory_is_refused() {
         "no socket may be created there"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_and_revoke_need_exactly_one_target_and_a_known_account() {
+    let (fake, broker) = setup().await;
+    broker.login("default", PASSWORD).await;
+    for args in [
+        &["logout"][..],
+        &["revoke"],
+        &["revoke", "--account", "default", "--all"],
+        &["logout", "--account", "default", "--all"],
+    ] {
+        let out = broker.ctl(args).await;
+        assert_eq!(out.code, 2, "{args:?} is a usage error: {}", out.stderr);
+    }
+    let out = broker.ctl(&["revoke", "--account", "nope"]).await;
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    assert!(out.stderr.contains("\"default\""), "{}", out.stderr);
+    assert!(
+        broker.store_has_entry("default"),
+        "a refused revoke wipes nothing"
+    );
+    assert_eq!(fake.counters().blacklist_calls, 0);
+}

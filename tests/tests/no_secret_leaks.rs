@@ -1,5 +1,6 @@
 //! The whole flow at trace level: no access token, refresh token or password may appear in
-//! the broker's output or in anything the CLI printed other than `token`'s own stdout.
+//! the broker's output or in anything the CLI printed other than `token`'s own stdout. The
+//! flow includes logout, revoke (confirmed and failing) and device-level logout.
 
 use fake_therappai::{FakeConfig, FakeTherappai};
 use std::time::Duration;
@@ -80,6 +81,15 @@ async fn no_token_or_password_in_logs_or_cli_output() {
         false,
     );
     record(broker.ctl(&["logout", "--account", "default"]).await, false);
+    // Revoke (once confirmed, once with the upstream down) and device logout.
+    record(login(&broker).await, false);
+    record(broker.ctl(&["revoke", "--account", "default"]).await, false);
+    record(login(&broker).await, false);
+    fake.knobs().set_down(true);
+    record(broker.ctl(&["revoke", "--all"]).await, false);
+    fake.knobs().set_down(false);
+    record(login(&broker).await, false);
+    record(broker.ctl(&["logout", "--all"]).await, false);
     broker.stop();
 
     let mut secrets = fake.issued_tokens();
@@ -103,4 +113,13 @@ async fn no_token_or_password_in_logs_or_cli_output() {
         .flat_map(|t| t.split('.').skip(1).map(str::to_owned).collect::<Vec<_>>())
         .collect();
     assert_no_secret("the broker's log (token parts)", &logs, &parts);
+}
+
+async fn login(broker: &Broker) -> therappai_broker_e2e::CtlOutput {
+    broker
+        .ctl_with_stdin(
+            &["login", "--account", "default", "--password-stdin"],
+            Some(&format!("{PASSWORD}\n")),
+        )
+        .await
 }

@@ -19,7 +19,7 @@ const EXIT_CONFIG: u8 = 64;
 /// serves short-lived access tokens to allowed local programs over a Unix socket.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, after_help = "Logs go to stderr (journald under systemd). \
-Control it with therappai-brokerctl: login, token, status, logout.")]
+Control it with therappai-brokerctl: login, token, status, logout, revoke.")]
 struct Args {
     /// The TOML config file (see the README for every key).
     #[arg(long, value_name = "FILE")]

@@ -1,4 +1,5 @@
-//! `therappai-brokerctl`: log accounts in and out, print tokens for scripts, show status.
+//! `therappai-brokerctl`: log accounts in and out, print tokens for scripts, show status,
+//! clean a device (`logout --all`) and handle a compromise (`revoke`).
 //!
 //! Start-up is most of a `token` call's cost, so this runs on a current-thread runtime and
 //! does nothing the subcommand does not need. Secrets never come from argv and are never
@@ -23,6 +24,7 @@ mod exit {
     pub const UNKNOWN_ACCOUNT: u8 = 8;
     pub const RATE_LIMITED: u8 = 9;
     pub const STORE: u8 = 10;
+    pub const REVOCATION_INCOMPLETE: u8 = 11;
 }
 
 const EXIT_CODES_HELP: &str = "Exit codes:
@@ -36,7 +38,9 @@ const EXIT_CODES_HELP: &str = "Exit codes:
   7  login refused: wrong e-mail or password
   8  unknown account (not in the broker's config)
   9  rate limited: wait and try again
- 10  the broker's secure store failed";
+ 10  the broker's secure store failed
+ 11  revoke: tokens wiped on this device, but therappai did not confirm the revocation
+     (ask therappai to revoke the account's sessions; the message says which)";
 
 /// Control the therappai token broker.
 #[derive(Debug, Parser)]
@@ -79,11 +83,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Log an account out: tell therappai (if configured), delete the stored token.
+    /// Log an account out (or, with --all, every account on this device): tell therappai
+    /// (best effort, if configured), delete the stored token, wipe memory.
     Logout {
-        #[arg(long, value_name = "NAME")]
-        account: String,
+        #[command(flatten)]
+        target: Target,
     },
+    /// Compromise: revoke the session at therappai and wipe it here, for one account or all.
+    /// Exits 11 when therappai did not confirm the revocation (the local wipe still happens).
+    Revoke {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `--account NAME` or `--all`, exactly one.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct Target {
+    #[arg(long, value_name = "NAME")]
+    account: Option<String>,
+    /// Every configured account, plus store entries left by accounts no longer configured.
+    #[arg(long)]
+    all: bool,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +130,10 @@ fn main() -> ExitCode {
             eprintln!("therappai-brokerctl: {message}");
             ExitCode::from(exit::OTHER)
         }
+        Err(CliError::Incomplete { code, message }) => {
+            eprintln!("therappai-brokerctl: {message}");
+            ExitCode::from(code)
+        }
     }
 }
 
@@ -115,6 +141,11 @@ fn main() -> ExitCode {
 enum CliError {
     Broker(Error),
     Local(String),
+    /// The call was answered, but not everything it asked for happened.
+    Incomplete {
+        code: u8,
+        message: String,
+    },
 }
 
 impl From<Error> for CliError {
@@ -171,10 +202,30 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 describe_until(expires)
             );
         }
-        Command::Logout { account } => {
+        Command::Logout { target } => {
             let mut client = Client::connect(&socket).await?;
-            let report = client.logout(&account).await?;
-            print_logout(&account, &report);
+            match target.account {
+                Some(account) => {
+                    let report = client.logout(&account).await?;
+                    print_logout(&account, &report);
+                }
+                None => {
+                    let report = client.logout_device().await?;
+                    println!("Device logout:");
+                    print_outcomes(&report.accounts);
+                    check_outcomes(&report.accounts, &report.store_listing_error, false)?;
+                }
+            }
+        }
+        Command::Revoke { target } => {
+            let mut client = Client::connect(&socket).await?;
+            let report = match &target.account {
+                Some(account) => client.revoke(account).await?,
+                None => client.revoke_all().await?,
+            };
+            println!("Revoke:");
+            print_outcomes(&report.accounts);
+            check_outcomes(&report.accounts, &report.store_listing_error, true)?;
         }
         Command::Status { json } => {
             let mut client = Client::connect(&socket).await?;
@@ -237,6 +288,81 @@ fn print_logout(account: &str, report: &proto::LogoutResponse) {
         _ => "warning",
     };
     println!("  therappai: {marker}: {}", report.upstream_detail);
+    println!(
+        "  apps watching the session: {} told logged-out",
+        report.watchers_notified
+    );
+}
+
+fn print_outcomes(accounts: &[proto::AccountOutcome]) {
+    if accounts.is_empty() {
+        println!("  no accounts configured and no entries in the store");
+    }
+    for a in accounts {
+        let name = if a.configured {
+            format!("\"{}\"", a.account)
+        } else {
+            format!("\"{}\" (no longer in the config)", a.account)
+        };
+        let state = if a.was_logged_in {
+            "logged out"
+        } else {
+            "was already logged out"
+        };
+        let store = if a.store_entry_deleted {
+            "store entry deleted"
+        } else {
+            "store entry NOT deleted"
+        };
+        let upstream = match proto::UpstreamRevocation::try_from(a.upstream).unwrap_or_default() {
+            proto::UpstreamRevocation::Done => "revoked".to_owned(),
+            proto::UpstreamRevocation::NothingToRevoke => "nothing to revoke".to_owned(),
+            _ => format!("warning: {}", a.upstream_detail),
+        };
+        println!(
+            "  {name}: {state}; memory wiped; {store}; {} watching app(s) told logged-out; therappai: {upstream}",
+            a.watchers_notified
+        );
+    }
+}
+
+/// The exit status of a device logout or revoke: the store failing wins (nothing may be
+/// left on the device), then an unconfirmed revocation.
+fn check_outcomes(
+    accounts: &[proto::AccountOutcome],
+    listing_error: &str,
+    revoke: bool,
+) -> Result<(), CliError> {
+    let store_failed: Vec<String> = accounts
+        .iter()
+        .filter(|a| !a.store_entry_deleted)
+        .map(|a| format!("\"{}\": {}", a.account, a.error))
+        .chain((!listing_error.is_empty()).then(|| listing_error.to_owned()))
+        .collect();
+    if !store_failed.is_empty() {
+        return Err(CliError::Incomplete {
+            code: exit::STORE,
+            message: format!(
+                "the secure store still holds tokens: {}",
+                store_failed.join("; ")
+            ),
+        });
+    }
+    let unrevoked: Vec<String> = accounts
+        .iter()
+        .filter(|a| !a.error.is_empty())
+        .map(|a| format!("\"{}\": {}", a.account, a.error))
+        .collect();
+    if revoke && !unrevoked.is_empty() {
+        return Err(CliError::Incomplete {
+            code: exit::REVOCATION_INCOMPLETE,
+            message: format!(
+                "tokens are wiped on this device, but {}",
+                unrevoked.join("; ")
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn state_name(state: i32) -> &'static str {

@@ -1,0 +1,210 @@
+//! Ending sessions: logout of one account, device-level logout, and compromise revocation.
+//!
+//! Every path runs the same steps for an account, in this order:
+//! 1. end the session epoch in memory at once (tokens out of memory and zeroized on drop,
+//!    watchers told `logged-out`, a refresh or login in flight can no longer commit);
+//! 2. take the flight slot, so whatever was in flight has finished before the store is touched;
+//! 3. tell the upstream through the configured revocation path (bounded by the request timeout);
+//! 4. delete the store entry.
+//!
+//! A logout treats step 3 as best effort; a revoke requires it and reports it as incomplete
+//! when it fails, but the local steps happen either way. Per-account audit events go to the
+//! `audit` target. Never logs a token.
+
+use super::Sessions;
+use crate::cache::{AccountSlot, SessionState};
+use crate::error::BrokerError;
+use crate::secret::RefreshToken;
+use crate::store::StoreError;
+use crate::upstream::Revocation;
+
+/// Why a session is being ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndMode {
+    /// Logout: the upstream revocation is best effort.
+    Logout,
+    /// Compromise: the upstream revocation is required; failing it makes the outcome
+    /// incomplete (the local wipe still happens).
+    Revoke,
+}
+
+impl EndMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::Revoke => "revoke",
+        }
+    }
+}
+
+/// What ending one account's session did, step by step.
+#[derive(Debug)]
+pub struct AccountOutcome {
+    pub account: String,
+    /// The configured e-mail; `None` for a store entry left by an account no longer in the
+    /// config.
+    pub email: Option<String>,
+    /// Whether the account held tokens (in memory or in the store) before this call.
+    pub was_logged_in: bool,
+    /// How many watchers were told `logged-out`.
+    pub watchers_notified: usize,
+    /// Whether the store entry is gone (true also when there was none).
+    pub store_entry_deleted: bool,
+    /// Why deleting the store entry failed.
+    pub store_error: Option<StoreError>,
+    /// `None` when there was no refresh token to revoke.
+    pub upstream: Option<Revocation>,
+}
+
+impl AccountOutcome {
+    /// Whether the upstream no longer honours this account's refresh token as far as the
+    /// broker can tell: revoked, or there was none.
+    pub fn upstream_revoked(&self) -> bool {
+        matches!(self.upstream, None | Some(Revocation::Done))
+    }
+
+    /// Whether nothing of the session is left on this device.
+    pub fn local_wipe_done(&self) -> bool {
+        self.store_error.is_none()
+    }
+
+    /// Whether a revoke of this account achieved everything it must.
+    pub fn revoke_complete(&self) -> bool {
+        self.upstream_revoked() && self.local_wipe_done()
+    }
+}
+
+/// What a device-level logout or revoke did.
+#[derive(Debug)]
+pub struct DeviceOutcome {
+    /// Configured accounts in config order, then leftover store entries.
+    pub accounts: Vec<AccountOutcome>,
+    /// Why the store could not be searched for entries of accounts no longer in the config.
+    pub listing_error: Option<StoreError>,
+}
+
+impl DeviceOutcome {
+    /// Whether every step that `mode` requires succeeded for every account.
+    pub fn complete(&self, mode: EndMode) -> bool {
+        self.listing_error.is_none()
+            && self.accounts.iter().all(|a| match mode {
+                EndMode::Logout => a.local_wipe_done(),
+                EndMode::Revoke => a.revoke_complete(),
+            })
+    }
+}
+
+impl Sessions {
+    /// Ends `account`'s session. Ending a logged-out account succeeds and says so.
+    pub async fn end_account(
+        &self,
+        account: &str,
+        mode: EndMode,
+    ) -> Result<AccountOutcome, BrokerError> {
+        let slot = self.slot(account)?;
+        Ok(self.end_slot(slot, mode).await)
+    }
+
+    /// Ends every configured account's session, then deletes every entry this broker's
+    /// service still has in the store (accounts no longer in the config). One failing account
+    /// does not stop the others.
+    pub async fn end_device(&self, mode: EndMode) -> DeviceOutcome {
+        let mut accounts = Vec::new();
+        for slot in self.cache.slots() {
+            accounts.push(self.end_slot(slot, mode).await);
+        }
+        let configured = self.cache.names();
+        let listing_error = match self.store.accounts().await {
+            Ok(names) => {
+                for name in names.into_iter().filter(|n| !configured.contains(n)) {
+                    accounts.push(self.end_leftover(name, mode).await);
+                }
+                None
+            }
+            Err(err) => {
+                tracing::error!(target: "audit", action = mode.as_str(), error = %err, "could not search the store for entries of accounts no longer in the config");
+                Some(err)
+            }
+        };
+        DeviceOutcome {
+            accounts,
+            listing_error,
+        }
+    }
+
+    async fn end_slot(&self, slot: &AccountSlot, mode: EndMode) -> AccountOutcome {
+        let account = slot.config.name.as_str();
+        // Step 1, before waiting for anything: from here on no cached token is served and no
+        // refresh or login in flight can bring tokens back.
+        let ended = slot.state().end_session(SessionState::LoggedOut);
+        // Step 2: a refresh or login in flight finishes (and drops its result) first, so it
+        // cannot write to the store after our delete.
+        let _flight = slot.flight.lock().await;
+        let outcome = self
+            .revoke_and_delete(
+                account.to_owned(),
+                Some(slot.config.email.clone()),
+                ended.refresh,
+                ended.had_access,
+                ended.watchers_notified,
+                mode,
+            )
+            .await;
+        // Anything a refresh in flight put back (it cannot commit, but be certain) goes too.
+        slot.state().end_session(SessionState::LoggedOut);
+        outcome
+    }
+
+    async fn end_leftover(&self, account: String, mode: EndMode) -> AccountOutcome {
+        self.revoke_and_delete(account, None, None, false, 0, mode)
+            .await
+    }
+
+    /// Steps 3 and 4. `refresh` is the token from memory; without one, the store's is used.
+    async fn revoke_and_delete(
+        &self,
+        account: String,
+        email: Option<String>,
+        refresh: Option<RefreshToken>,
+        had_access: bool,
+        watchers_notified: usize,
+        mode: EndMode,
+    ) -> AccountOutcome {
+        let refresh = match refresh {
+            Some(token) => Ok(Some(token)),
+            None => self.store.load(&account).await,
+        };
+        let upstream = match &refresh {
+            Ok(Some(token)) => Some(self.upstream.revoke(token).await),
+            Ok(None) => None,
+            Err(err) => Some(Revocation::Failed(format!(
+                "the refresh token could not be read from the store to revoke it ({err})"
+            ))),
+        };
+        let refresh_sha256 = match &refresh {
+            Ok(Some(token)) => token.fingerprint(),
+            _ => String::new(),
+        };
+        let had_refresh = matches!(refresh, Ok(Some(_)));
+        // The token is zeroized here, before the store step: nothing needs it any more.
+        drop(refresh);
+        let deleted = self.store.delete(&account).await;
+        let outcome = AccountOutcome {
+            was_logged_in: had_refresh || had_access || matches!(deleted, Ok(true)),
+            store_entry_deleted: deleted.is_ok(),
+            store_error: deleted.err(),
+            upstream,
+            watchers_notified,
+            email,
+            account,
+        };
+        let upstream = format!("{:?}", outcome.upstream);
+        let store_error = outcome.store_error.as_ref().map(ToString::to_string);
+        if mode == EndMode::Revoke && !outcome.revoke_complete() {
+            tracing::error!(target: "audit", action = mode.as_str(), account = outcome.account, configured = outcome.email.is_some(), refresh_sha256, upstream, store_error, "revocation incomplete: tokens wiped locally, but not everything succeeded");
+        } else {
+            tracing::warn!(target: "audit", action = mode.as_str(), account = outcome.account, configured = outcome.email.is_some(), refresh_sha256, was_logged_in = outcome.was_logged_in, upstream, store_error, "session ended");
+        }
+        outcome
+    }
+}
