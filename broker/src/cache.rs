@@ -11,6 +11,20 @@ use crate::upstream::IssuedAccess;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
+use tokio::sync::{Notify, broadcast};
+
+/// How many state changes a slow WatchSession subscriber may fall behind before it is told it
+/// lagged (it then gets the current state).
+const EVENT_BUFFER: usize = 64;
+
+/// One session-state transition, as WatchSession streams it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    pub state: SessionState,
+    pub at: SystemTime,
+    /// Why, in one line (e.g. the reason a session needs a login); may be empty.
+    pub reason: String,
+}
 
 /// Where an account's session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,24 +53,62 @@ impl SessionState {
 /// The mutable part of an account.
 #[derive(Debug)]
 pub struct SlotState {
-    pub session: SessionState,
+    /// Changed only through [`SlotState::set_session`], which tells the watchers.
+    session: SessionState,
     pub access: Option<IssuedAccess>,
     pub refresh: Option<RefreshToken>,
-    /// Whether the store holds this account's refresh token (as far as the broker knows).
+    /// Whether the store holds this account's current refresh token.
     pub refresh_stored: bool,
+    /// Why the current refresh token is not in the store yet (a failed write after rotation).
+    pub store_problem: Option<String>,
+    /// Counts refresh tokens: 1 for a login's, +1 for each rotation.
+    pub generation: u64,
+    /// When the background refresher should replace the current access token.
+    pub refresh_due: Option<SystemTime>,
+    /// After a failed refresh cycle: no new cycle starts before this time.
+    pub next_attempt_at: Option<SystemTime>,
     /// Wall time and one-line outcome ("ok" or the reason) of the last refresh.
     pub last_refresh: Option<(SystemTime, String)>,
     /// Why the session needs a login, for status.
     pub needs_login_reason: Option<String>,
+    events: broadcast::Sender<SessionEvent>,
+    wake: Arc<Notify>,
 }
 
 impl SlotState {
+    pub fn session(&self) -> SessionState {
+        self.session
+    }
+
+    /// Moves to `session` and, if that is a change, tells every watcher.
+    pub fn set_session(&mut self, session: SessionState, at: SystemTime, reason: &str) {
+        if self.session == session {
+            return;
+        }
+        self.session = session;
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(SessionEvent {
+            state: session,
+            at,
+            reason: reason.to_owned(),
+        });
+        self.wake.notify_one();
+    }
+
     /// Forgets every token (they zeroize on drop) and moves to `session`.
-    pub fn clear(&mut self, session: SessionState) {
+    pub fn clear(&mut self, session: SessionState, at: SystemTime, reason: &str) {
         self.access = None;
         self.refresh = None;
         self.refresh_stored = false;
-        self.session = session;
+        self.store_problem = None;
+        self.refresh_due = None;
+        self.next_attempt_at = None;
+        self.set_session(session, at, reason);
+    }
+
+    /// Tells the background refresher that the tokens changed, so it reschedules.
+    pub fn wake_scheduler(&self) {
+        self.wake.notify_one();
     }
 }
 
@@ -68,6 +120,7 @@ pub struct AccountSlot {
     /// The single-flight slot: held while a refresh, login or logout of this account is in
     /// flight, so at most one of them talks to the upstream at a time.
     pub flight: tokio::sync::Mutex<()>,
+    wake: Arc<Notify>,
 }
 
 /// An access token served to a caller.
@@ -79,6 +132,8 @@ pub struct ServedToken {
 
 impl AccountSlot {
     fn new(config: AccountConfig) -> Self {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let wake = Arc::new(Notify::new());
         Self {
             config,
             state: Mutex::new(SlotState {
@@ -86,11 +141,35 @@ impl AccountSlot {
                 access: None,
                 refresh: None,
                 refresh_stored: false,
+                store_problem: None,
+                generation: 0,
+                refresh_due: None,
+                next_attempt_at: None,
                 last_refresh: None,
                 needs_login_reason: None,
+                events,
+                wake: Arc::clone(&wake),
             }),
             flight: tokio::sync::Mutex::new(()),
+            wake,
         }
+    }
+
+    /// The current state and a receiver of every later change (for WatchSession).
+    pub fn subscribe(&self) -> (SessionEvent, broadcast::Receiver<SessionEvent>) {
+        let state = self.state();
+        let current = SessionEvent {
+            state: state.session,
+            at: SystemTime::now(),
+            reason: state.needs_login_reason.clone().unwrap_or_default(),
+        };
+        (current, state.events.subscribe())
+    }
+
+    /// Resolves when the tokens or the session of this account changed (for the background
+    /// refresher; one waiter).
+    pub async fn changed(&self) {
+        self.wake.notified().await;
     }
 
     /// Locks the state. Never hold the guard across an `.await`.

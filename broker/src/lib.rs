@@ -91,9 +91,15 @@ impl Daemon {
             upstream.clone(),
             store.clone(),
             Arc::clone(&clock),
+            config.refresh.ahead_share,
         ));
         sessions.restore().await;
-        let refresher = Arc::new(Refresher::new(upstream, store, Arc::clone(&clock)));
+        let refresher = Arc::new(Refresher::new(
+            upstream,
+            store,
+            Arc::clone(&clock),
+            config.refresh.clone(),
+        ));
         let listener = listener::bind(&config.socket)?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let broker_uid = unsafe { libc::geteuid() };
@@ -120,6 +126,14 @@ impl Daemon {
             service,
         } = self;
         tracing::info!(socket = %config.socket.display(), accounts = config.accounts.len(), "serving");
+        for slot in service.cache.slots() {
+            tokio::spawn(refresh::run_background(
+                Arc::clone(&service.refresher),
+                Arc::clone(slot),
+                Arc::clone(&service.clock),
+                shutdown.child_token(),
+            ));
+        }
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let stop = shutdown.clone();
         let server = tonic::transport::Server::builder()

@@ -10,7 +10,7 @@ use crate::error::BrokerError;
 use crate::jwt::unix_seconds;
 use crate::peer::PeerIdentity;
 use crate::policy::{Action, Decision, Policy};
-use crate::refresh::Refresher;
+use crate::refresh::{Need, Refresher};
 use crate::secret::Password;
 use crate::session::Sessions;
 use crate::upstream::Revocation;
@@ -98,7 +98,7 @@ impl BrokerService {
         };
         let served = match slot.fresh_access(self.clock.now(), min_valid) {
             Some(served) => served,
-            None => self.refresher.refresh(slot, min_valid).await?,
+            None => self.refresher.obtain(slot, Need::ValidFor(min_valid)).await?,
         };
         Ok(pb::GetAccessTokenResponse {
             fingerprint: served.token.fingerprint(),

@@ -13,7 +13,7 @@ use crate::secret::Password;
 use crate::store::StoreHandle;
 use crate::upstream::{Revocation, Upstream};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug)]
 pub struct Sessions {
@@ -21,6 +21,8 @@ pub struct Sessions {
     upstream: Upstream,
     store: StoreHandle,
     clock: Arc<dyn Clock>,
+    /// `[refresh] ahead_share`, to schedule the first background refresh after a login.
+    ahead_share: f64,
 }
 
 /// What a logout did, step by step.
@@ -40,6 +42,8 @@ pub struct AccountStatus {
     pub state: SessionState,
     pub access_expires_at: Option<SystemTime>,
     pub refresh_token_stored: bool,
+    /// Why the current refresh token is only in memory, if it is.
+    pub store_problem: Option<String>,
     pub last_refresh: Option<(SystemTime, String)>,
 }
 
@@ -49,12 +53,14 @@ impl Sessions {
         upstream: Upstream,
         store: StoreHandle,
         clock: Arc<dyn Clock>,
+        ahead_share: f64,
     ) -> Self {
         Self {
             cache,
             upstream,
             store,
             clock,
+            ahead_share,
         }
     }
 
@@ -72,7 +78,8 @@ impl Sessions {
                     tracing::info!(account, refresh_sha256 = %refresh.fingerprint(), expired, "restored session from the store");
                     state.refresh = Some(refresh);
                     state.refresh_stored = true;
-                    state.session = SessionState::Active;
+                    state.generation = 1;
+                    state.set_session(SessionState::Active, self.clock.now(), "restored from the store");
                 }
                 Ok(None) => tracing::info!(account, "no stored session; logged out"),
                 Err(err) => {
@@ -105,18 +112,30 @@ impl Sessions {
                 source,
             })?;
         let expires_at = tokens.access.expires_at;
+        let due = crate::refresh::schedule::refresh_due(
+            tokens.access.received_at,
+            expires_at,
+            self.ahead_share,
+            rand::random(),
+        );
         tracing::info!(
             account,
             refresh_sha256 = %tokens.refresh.fingerprint(),
             access_sha256 = %tokens.access.token.fingerprint(),
             "logged in; refresh token stored"
         );
+        let now = self.clock.now();
         let mut state = slot.state();
         state.access = Some(tokens.access);
         state.refresh = Some(tokens.refresh);
         state.refresh_stored = true;
-        state.session = SessionState::Active;
+        state.store_problem = None;
+        state.generation = 1;
+        state.refresh_due = Some(due.max(now + Duration::from_secs(5)));
+        state.next_attempt_at = None;
         state.needs_login_reason = None;
+        state.set_session(SessionState::Active, now, "logged in");
+        state.wake_scheduler();
         Ok(expires_at)
     }
 
@@ -137,7 +156,8 @@ impl Sessions {
         };
         let deleted = self.store.delete(account).await;
         // Memory is wiped whatever the store said: a token must not outlive a logout here.
-        slot.state().clear(SessionState::LoggedOut);
+        slot.state()
+            .clear(SessionState::LoggedOut, self.clock.now(), "logged out");
         let store_existed = deleted.as_ref().is_ok_and(|existed| *existed);
         let outcome = LogoutOutcome {
             was_logged_in: refresh.is_some() || had_access || store_existed,
@@ -161,9 +181,10 @@ impl Sessions {
                 AccountStatus {
                     name: slot.config.name.clone(),
                     email: slot.config.email.clone(),
-                    state: state.session,
+                    state: state.session(),
                     access_expires_at: state.access.as_ref().map(|a| a.expires_at),
                     refresh_token_stored: state.refresh_stored,
+                    store_problem: state.store_problem.clone(),
                     last_refresh: state.last_refresh.clone(),
                 }
             })

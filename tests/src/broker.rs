@@ -24,6 +24,11 @@ pub struct BrokerOptions {
     pub revoke_path: Option<String>,
     /// Log filter passed as `--log-level`.
     pub log_level: String,
+    /// The `[refresh]` section. Tests default to short retry delays so that waiting for a
+    /// recovery costs little.
+    pub refresh_section: String,
+    /// Appended to the config as it is (more sections).
+    pub extra_config: String,
 }
 
 impl BrokerOptions {
@@ -34,6 +39,8 @@ impl BrokerOptions {
             accounts: vec![("default".to_owned(), email.to_owned())],
             revoke_path: None,
             log_level: "debug".to_owned(),
+            refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\n".to_owned(),
+            extra_config: String::new(),
         }
     }
 }
@@ -246,6 +253,25 @@ impl Broker {
         let out = self.ctl(&["token", "--account", account]).await;
         assert_eq!(out.code, 0, "token failed: {}", out.stderr);
         out.stdout.trim().to_owned()
+    }
+
+    /// Asks for a token until the CLI succeeds (e.g. after an upstream recovered and the
+    /// broker's failure back-off ran out); panics after `timeout`.
+    pub async fn token_eventually(&self, account: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let out = self.ctl(&["token", "--account", account]).await;
+            if out.code == 0 {
+                return out.stdout.trim().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no token within {timeout:?}; last error (exit {}): {}",
+                out.code,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A client-lib connection to this broker.
