@@ -19,7 +19,20 @@ use crate::upstream::IssuedAccess;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{Notify, broadcast};
+
+/// How many state changes a slow WatchSession subscriber may fall behind before it is told it
+/// lagged (it then gets the current state).
+const EVENT_BUFFER: usize = 64;
+
+/// One session-state transition, as WatchSession streams it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    pub state: SessionState,
+    pub at: SystemTime,
+    /// Why, in one line (e.g. the reason a session needs a login); may be empty.
+    pub reason: String,
+}
 
 /// Where an account's session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,20 +61,31 @@ impl SessionState {
 /// The mutable part of an account.
 #[derive(Debug)]
 pub struct SlotState {
-    /// Written only through [`SlotState::set_session`].
+    /// Changed only through [`SlotState::set_session`], which tells the watchers.
     session: SessionState,
     pub access: Option<IssuedAccess>,
     pub refresh: Option<RefreshToken>,
-    /// Whether the store holds this account's refresh token (as far as the broker knows).
+    /// Whether the store holds this account's current refresh token.
     pub refresh_stored: bool,
+    /// Why the current refresh token is not in the store yet (a failed write after rotation).
+    pub store_problem: Option<String>,
+    /// Counts refresh tokens: 1 for a login's, +1 for each rotation.
+    pub generation: u64,
+    /// When the background refresher should replace the current access token.
+    pub refresh_due: Option<SystemTime>,
+    /// After a failed refresh cycle: no new cycle starts before this time.
+    pub next_attempt_at: Option<SystemTime>,
+    /// Whether the current access token has been handed to a caller. The background refresher
+    /// only keeps an account warm while someone uses it, so idle accounts cause no traffic.
+    pub access_served: bool,
     /// Wall time and one-line outcome ("ok" or the reason) of the last refresh.
     pub last_refresh: Option<(SystemTime, String)>,
     /// Why the session needs a login, for status.
     pub needs_login_reason: Option<String>,
     /// Session generation, bumped by [`SlotState::end_session`] (see the module doc).
     epoch: u64,
-    /// Session-state changes, for WatchSession streams.
-    changes: watch::Sender<SessionState>,
+    events: broadcast::Sender<SessionEvent>,
+    wake: Arc<Notify>,
 }
 
 /// What [`SlotState::end_session`] took out of memory.
@@ -81,18 +105,23 @@ impl SlotState {
         self.session
     }
 
-    /// The one place the session state changes. Tells every watcher of this account when the
-    /// state actually changes, and returns how many watchers that was.
-    ///
-    /// Hook point: a WatchSession broadcast belongs here, so no transition can bypass it.
-    pub fn set_session(&mut self, next: SessionState) -> usize {
-        let changed = self.session != next;
-        self.session = next;
-        if !changed {
+    /// The one place the session state changes. Tells every watcher of this account (and the
+    /// background refresher) when the state actually changes, and returns how many watchers
+    /// that was.
+    pub fn set_session(&mut self, next: SessionState, at: SystemTime, reason: &str) -> usize {
+        if self.session == next {
             return 0;
         }
-        self.changes.send_replace(next);
-        self.changes.receiver_count()
+        self.session = next;
+        self.wake.notify_one();
+        // An error only means nobody is watching.
+        self.events
+            .send(SessionEvent {
+                state: next,
+                at,
+                reason: reason.to_owned(),
+            })
+            .unwrap_or(0)
     }
 
     /// The current session epoch.
@@ -102,27 +131,45 @@ impl SlotState {
 
     /// Forgets every token (they zeroize on drop) and moves to `session`, within the same
     /// session epoch (the refresher uses it when the upstream rejects the refresh token).
-    pub fn clear(&mut self, session: SessionState) {
+    pub fn clear(&mut self, session: SessionState, at: SystemTime, reason: &str) {
         self.access = None;
         self.refresh = None;
         self.refresh_stored = false;
-        self.set_session(session);
+        self.store_problem = None;
+        self.refresh_due = None;
+        self.next_attempt_at = None;
+        self.access_served = false;
+        self.set_session(session, at, reason);
     }
 
     /// Ends the session for good (logout, revoke): bumps the epoch so nothing in flight can
     /// bring its tokens back, takes the tokens out of memory and moves to `next`.
-    pub fn end_session(&mut self, next: SessionState) -> EndedSession {
+    pub fn end_session(
+        &mut self,
+        next: SessionState,
+        at: SystemTime,
+        reason: &str,
+    ) -> EndedSession {
         self.epoch = self.epoch.wrapping_add(1);
         let had_access = self.access.take().is_some();
         let refresh = self.refresh.take();
         self.refresh_stored = false;
+        self.store_problem = None;
+        self.refresh_due = None;
+        self.next_attempt_at = None;
+        self.access_served = false;
         self.needs_login_reason = None;
-        let watchers_notified = self.set_session(next);
+        let watchers_notified = self.set_session(next, at, reason);
         EndedSession {
             refresh,
             had_access,
             watchers_notified,
         }
+    }
+
+    /// Tells the background refresher that the tokens changed, so it reschedules.
+    pub fn wake_scheduler(&self) {
+        self.wake.notify_one();
     }
 }
 
@@ -134,6 +181,7 @@ pub struct AccountSlot {
     /// The single-flight slot: held while a refresh, login or logout of this account is in
     /// flight, so at most one of them talks to the upstream at a time.
     pub flight: tokio::sync::Mutex<()>,
+    wake: Arc<Notify>,
 }
 
 /// An access token served to a caller.
@@ -145,7 +193,8 @@ pub struct ServedToken {
 
 impl AccountSlot {
     fn new(config: AccountConfig) -> Self {
-        let (changes, _) = watch::channel(SessionState::LoggedOut);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let wake = Arc::new(Notify::new());
         Self {
             config,
             state: Mutex::new(SlotState {
@@ -153,13 +202,37 @@ impl AccountSlot {
                 access: None,
                 refresh: None,
                 refresh_stored: false,
+                store_problem: None,
+                generation: 0,
+                refresh_due: None,
+                next_attempt_at: None,
+                access_served: false,
                 last_refresh: None,
                 needs_login_reason: None,
                 epoch: 0,
-                changes,
+                events,
+                wake: Arc::clone(&wake),
             }),
             flight: tokio::sync::Mutex::new(()),
+            wake,
         }
+    }
+
+    /// The current state and a receiver of every later change (for WatchSession).
+    pub fn subscribe(&self) -> (SessionEvent, broadcast::Receiver<SessionEvent>) {
+        let state = self.state();
+        let current = SessionEvent {
+            state: state.session,
+            at: SystemTime::now(),
+            reason: state.needs_login_reason.clone().unwrap_or_default(),
+        };
+        (current, state.events.subscribe())
+    }
+
+    /// Resolves when the tokens or the session of this account changed (for the background
+    /// refresher; one waiter).
+    pub async fn changed(&self) {
+        self.wake.notified().await;
     }
 
     /// Locks the state. Never hold the guard across an `.await`.
@@ -188,17 +261,12 @@ impl AccountSlot {
         (state.epoch == epoch).then(|| update(&mut state))
     }
 
-    /// A stream of this account's session-state changes, starting at the current state.
-    pub fn subscribe(&self) -> watch::Receiver<SessionState> {
-        self.state().changes.subscribe()
-    }
-
     /// The cached access token if it stays valid until at least `now + min_valid`.
     ///
     /// `min_valid` is capped at half the token's lifetime: a caller asking for more than the
     /// upstream ever issues would otherwise force a refresh on every call.
     pub fn fresh_access(&self, now: SystemTime, min_valid: Duration) -> Option<ServedToken> {
-        let state = self.state();
+        let mut state = self.state();
         let access = state.access.as_ref()?;
         let lifetime = access
             .expires_at
@@ -206,10 +274,12 @@ impl AccountSlot {
             .unwrap_or_default();
         let min_valid = min_valid.min(lifetime / 2);
         if access.expires_at > now + min_valid {
-            Some(ServedToken {
+            let served = ServedToken {
                 token: access.token.duplicate(),
                 expires_at: access.expires_at,
-            })
+            };
+            state.access_served = true;
+            Some(served)
         } else {
             None
         }
@@ -293,32 +363,36 @@ mod tests {
             received_at: now,
         });
         state.refresh = Some(RefreshToken::new("refresh".into()));
-        state.set_session(SessionState::Active);
+        state.set_session(SessionState::Active, now, "logged in");
     }
 
     #[tokio::test]
     async fn ending_a_session_tells_every_watcher_logged_out() {
         let slot = slot();
         logged_in(&slot);
-        let mut first = slot.subscribe();
-        let mut second = slot.subscribe();
-        assert_eq!(*first.borrow_and_update(), SessionState::Active);
-        second.borrow_and_update();
+        let (current, mut first) = slot.subscribe();
+        let (_, mut second) = slot.subscribe();
+        assert_eq!(current.state, SessionState::Active);
 
-        let ended = slot.state().end_session(SessionState::LoggedOut);
+        let ended =
+            slot.state()
+                .end_session(SessionState::LoggedOut, SystemTime::now(), "logged out");
         assert_eq!(ended.watchers_notified, 2);
         assert!(ended.had_access && ended.refresh.is_some());
         for watcher in [&mut first, &mut second] {
-            tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            let event = tokio::time::timeout(Duration::from_secs(5), watcher.recv())
                 .await
                 .expect("a watcher hears about the logout")
                 .expect("the slot is alive");
-            assert_eq!(*watcher.borrow_and_update(), SessionState::LoggedOut);
+            assert_eq!(event.state, SessionState::LoggedOut);
+            assert_eq!(event.reason, "logged out");
         }
         // Logging out again changes nothing, so nobody is woken.
-        let again = slot.state().end_session(SessionState::LoggedOut);
+        let again =
+            slot.state()
+                .end_session(SessionState::LoggedOut, SystemTime::now(), "logged out");
         assert_eq!(again.watchers_notified, 0);
-        assert!(!first.has_changed().expect("alive"));
+        assert!(first.is_empty());
         assert!(
             slot.fresh_access(SystemTime::now(), Duration::ZERO)
                 .is_none()
@@ -330,9 +404,10 @@ mod tests {
         let slot = slot();
         logged_in(&slot);
         let epoch = slot.epoch();
-        slot.state().end_session(SessionState::LoggedOut);
+        slot.state()
+            .end_session(SessionState::LoggedOut, SystemTime::now(), "logged out");
         let applied = slot.update_if_current(epoch, |state| {
-            state.set_session(SessionState::Active);
+            state.set_session(SessionState::Active, SystemTime::now(), "");
         });
         assert!(applied.is_none(), "a stale refresh must not commit");
         assert_eq!(slot.state().session(), SessionState::LoggedOut);

@@ -24,6 +24,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub upstream: UpstreamConfig,
     pub accounts: Vec<AccountConfig>,
+    pub refresh: RefreshConfig,
     /// Bound on finishing in-flight calls after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// Failed-login limits (`[login_limits]`).
@@ -44,6 +45,36 @@ impl Default for SocketAccess {
         Self {
             group: None,
             mode: 0o600,
+        }
+    }
+}
+
+/// How and when access tokens are refreshed (`[refresh]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshConfig {
+    /// Share of an access token's lifetime after which the background refresher replaces it.
+    pub ahead_share: f64,
+    /// Upstream attempts per refresh cycle (transient failures only are retried).
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter.
+    pub backoff_initial: Duration,
+    /// Cap on one retry delay.
+    pub backoff_max: Duration,
+    /// Cap on an honoured `Retry-After`.
+    pub retry_after_max: Duration,
+    /// After a cycle fails for transient reasons, no new cycle starts for this long.
+    pub failure_backoff: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            ahead_share: 0.8,
+            max_attempts: 3,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+            retry_after_max: Duration::from_secs(30),
+            failure_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -117,6 +148,8 @@ struct RawConfig {
     upstream: RawUpstream,
     #[serde(default, rename = "account")]
     accounts: Vec<RawAccount>,
+    #[serde(default)]
+    refresh: RawRefresh,
     shutdown_grace_seconds: Option<u64>,
     #[serde(default)]
     allow: Vec<RawAllow>,
@@ -156,6 +189,52 @@ struct RawLoginLimits {
     window_seconds: Option<u64>,
     lockout_seconds: Option<u64>,
     max_lockout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRefresh {
+    ahead_share: Option<f64>,
+    max_attempts: Option<u32>,
+    backoff_initial_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    retry_after_max_seconds: Option<u64>,
+    failure_backoff_seconds: Option<u64>,
+}
+
+impl RawRefresh {
+    fn validate(self) -> Result<RefreshConfig, String> {
+        let d = RefreshConfig::default();
+        let ahead_share = self.ahead_share.unwrap_or(d.ahead_share);
+        if !(0.1..=0.95).contains(&ahead_share) {
+            return Err(format!(
+                "[refresh] ahead_share must be between 0.1 and 0.95 (a share of the token lifetime), got {ahead_share}"
+            ));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(d.max_attempts);
+        if !(1..=10).contains(&max_attempts) {
+            return Err(format!(
+                "[refresh] max_attempts must be between 1 and 10, got {max_attempts}"
+            ));
+        }
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+        let config = RefreshConfig {
+            ahead_share,
+            max_attempts,
+            backoff_initial: ms(self.backoff_initial_ms, d.backoff_initial),
+            backoff_max: ms(self.backoff_max_ms, d.backoff_max),
+            retry_after_max: secs(self.retry_after_max_seconds, d.retry_after_max),
+            failure_backoff: secs(self.failure_backoff_seconds, d.failure_backoff),
+        };
+        if config.backoff_initial > config.backoff_max {
+            return Err("[refresh] backoff_initial_ms must not exceed backoff_max_ms".to_owned());
+        }
+        if config.failure_backoff > Duration::from_secs(3600) {
+            return Err("[refresh] failure_backoff_seconds must be at most 3600".to_owned());
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -262,10 +341,13 @@ impl Config {
             admin: raw.admin.map(validate_admin).transpose().map_err(invalid)?,
         };
 
+        let refresh = raw.refresh.validate().map_err(invalid)?;
+
         Ok(Config {
             socket,
             socket_access,
             policy,
+            refresh,
             store: StoreConfig {
                 backend: raw.store.backend.unwrap_or(BackendChoice::Auto),
                 service,

@@ -97,9 +97,15 @@ impl Daemon {
             upstream.clone(),
             store.clone(),
             Arc::clone(&clock),
+            config.refresh.ahead_share,
         ));
         sessions.restore().await;
-        let refresher = Arc::new(Refresher::new(upstream, store, Arc::clone(&clock)));
+        let refresher = Arc::new(Refresher::new(
+            upstream,
+            store,
+            Arc::clone(&clock),
+            config.refresh.clone(),
+        ));
         let login_limiter = Arc::new(SharedLimiter::new(
             config.login_limits.clone(),
             Arc::clone(&clock),
@@ -141,6 +147,14 @@ impl Daemon {
             service,
         } = self;
         tracing::info!(socket = %config.socket.display(), accounts = config.accounts.len(), "serving");
+        for slot in service.cache.slots() {
+            tokio::spawn(refresh::run_background(
+                Arc::clone(&service.refresher),
+                Arc::clone(slot),
+                Arc::clone(&service.clock),
+                shutdown.child_token(),
+            ));
+        }
         let incoming = listener::incoming(listener);
         let stop = shutdown.clone();
         let server = tonic::transport::Server::builder()

@@ -15,7 +15,7 @@ use crate::jwt::unix_seconds;
 use crate::peer::PeerIdentity;
 use crate::policy::{Action, Decision, SharedPolicy};
 use crate::ratelimit::{Outcome, Refusal, SharedLimiter};
-use crate::refresh::Refresher;
+use crate::refresh::{Need, Refresher};
 use crate::secret::Password;
 use crate::session::Sessions;
 use std::sync::Arc;
@@ -104,7 +104,11 @@ impl BrokerService {
         };
         let served = match slot.fresh_access(self.clock.now(), min_valid) {
             Some(served) => served,
-            None => self.refresher.refresh(slot, min_valid).await?,
+            None => {
+                self.refresher
+                    .obtain(slot, Need::ValidFor(min_valid))
+                    .await?
+            }
         };
         Ok(pb::GetAccessTokenResponse {
             fingerprint: served.token.fingerprint(),

@@ -19,7 +19,7 @@ use crate::secret::Password;
 use crate::store::StoreHandle;
 use crate::upstream::{LoginTokens, Upstream};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug)]
 pub struct Sessions {
@@ -27,6 +27,8 @@ pub struct Sessions {
     upstream: Upstream,
     store: StoreHandle,
     clock: Arc<dyn Clock>,
+    /// `[refresh] ahead_share`, to schedule the first background refresh after a login.
+    ahead_share: f64,
 }
 
 /// One account in the status report. Never carries a token.
@@ -37,6 +39,8 @@ pub struct AccountStatus {
     pub state: SessionState,
     pub access_expires_at: Option<SystemTime>,
     pub refresh_token_stored: bool,
+    /// Why the current refresh token is only in memory, if it is.
+    pub store_problem: Option<String>,
     pub last_refresh: Option<(SystemTime, String)>,
 }
 
@@ -46,12 +50,14 @@ impl Sessions {
         upstream: Upstream,
         store: StoreHandle,
         clock: Arc<dyn Clock>,
+        ahead_share: f64,
     ) -> Self {
         Self {
             cache,
             upstream,
             store,
             clock,
+            ahead_share,
         }
     }
 
@@ -69,7 +75,12 @@ impl Sessions {
                     tracing::info!(account, refresh_sha256 = %refresh.fingerprint(), expired, "restored session from the store");
                     state.refresh = Some(refresh);
                     state.refresh_stored = true;
-                    state.set_session(SessionState::Active);
+                    state.generation = 1;
+                    state.set_session(
+                        SessionState::Active,
+                        self.clock.now(),
+                        "restored from the store",
+                    );
                 }
                 Ok(None) => tracing::info!(account, "no stored session; logged out"),
                 Err(err) => {
@@ -106,20 +117,34 @@ impl Sessions {
                 source,
             })?;
         let expires_at = tokens.access.expires_at;
+        let due = crate::refresh::schedule::refresh_due(
+            tokens.access.received_at,
+            expires_at,
+            self.ahead_share,
+            rand::random(),
+        );
         tracing::info!(
             account,
             refresh_sha256 = %tokens.refresh.fingerprint(),
             access_sha256 = %tokens.access.token.fingerprint(),
             "logged in; refresh token stored"
         );
+        let now = self.clock.now();
         let committed = {
             let mut state = slot.state();
             if state.epoch() == epoch {
                 state.access = Some(tokens.access);
                 state.refresh = Some(tokens.refresh);
                 state.refresh_stored = true;
-                state.set_session(SessionState::Active);
+                state.store_problem = None;
+                state.generation = 1;
+                state.refresh_due = Some(due.max(now + Duration::from_secs(5)));
+                state.next_attempt_at = None;
+                // Nobody has been given this token yet: it is kept warm once someone is.
+                state.access_served = false;
                 state.needs_login_reason = None;
+                state.set_session(SessionState::Active, now, "logged in");
+                state.wake_scheduler();
                 Ok(expires_at)
             } else {
                 Err(tokens)
@@ -157,6 +182,7 @@ impl Sessions {
                     state: state.session(),
                     access_expires_at: state.access.as_ref().map(|a| a.expires_at),
                     refresh_token_stored: state.refresh_stored,
+                    store_problem: state.store_problem.clone(),
                     last_refresh: state.last_refresh.clone(),
                 }
             })

@@ -292,7 +292,10 @@ fn error_for(status: u16, bytes: &[u8], sent_secrets: &[&str]) -> UpstreamError 
     {
         detail = "[detail withheld: it echoed a secret]".into();
     }
-    detail.truncate(200);
+    // Cut by characters, not bytes: an error page may be non-ASCII.
+    if detail.chars().count() > 200 {
+        detail = detail.chars().take(200).collect();
+    }
     let token_not_valid = body.code.as_deref() == Some("token_not_valid");
     match status {
         401 | 400 if token_not_valid => UpstreamError::TokenNotValid { detail },
@@ -340,6 +343,13 @@ mod tests {
         let err = error_for(401, body, &["abc.def.ghi"]);
         assert!(matches!(err, UpstreamError::TokenNotValid { .. }));
         assert!(!err.to_string().contains("abc.def.ghi"), "{err}");
+    }
+
+    #[test]
+    fn long_non_ascii_error_bodies_are_cut_safely() {
+        let body = "é".repeat(500);
+        let err = error_for(418, body.as_bytes(), &[]);
+        assert!(err.to_string().chars().count() < 300);
     }
 
     #[test]

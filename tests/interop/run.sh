@@ -42,11 +42,11 @@ fail() { STEPS=$((STEPS + 1)); FAILURES=$((FAILURES + 1)); printf 'FAIL  %s\n' "
 die() { printf 'FAIL  %s\n' "$*"; exit 1; }
 
 stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
-    local pid="$1" i
+    local pid="$1"
     [ -n "$pid" ] || return 0
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -426,8 +426,8 @@ start_broker() {
     BROKER_LOG="$TMP/broker-$BROKER_RUN.log"
     "$BROKER_BIN" --config "$CONF" --log-level debug >"$BROKER_LOG" 2>&1 &
     BROKER_PID=$!
-    local i
-    for i in $(seq 1 100); do
+    local rc
+    for _ in $(seq 1 100); do
         if ! kill -0 "$BROKER_PID" 2>/dev/null; then
             wait "$BROKER_PID" && rc=0 || rc=$?
             BROKER_PID=""

@@ -32,6 +32,9 @@ pub struct BrokerOptions {
     /// Make the broker's directory traversable (0711) so processes of other uids can reach
     /// the socket (whose own mode and group then decide).
     pub shared_dir: bool,
+    /// The `[refresh]` section. Tests default to short retry delays so that waiting for a
+    /// recovery costs little.
+    pub refresh_section: String,
 }
 
 impl BrokerOptions {
@@ -43,6 +46,7 @@ impl BrokerOptions {
             revoke_path: None,
             log_level: "debug".to_owned(),
             top_config: String::new(),
+            refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\n".to_owned(),
             extra_config: String::new(),
             shared_dir: false,
         }
@@ -350,6 +354,25 @@ impl Broker {
         out.stdout.trim().to_owned()
     }
 
+    /// Asks for a token until the CLI succeeds (e.g. after an upstream recovered and the
+    /// broker's failure back-off ran out); panics after `timeout`.
+    pub async fn token_eventually(&self, account: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let out = self.ctl(&["token", "--account", account]).await;
+            if out.code == 0 {
+                return out.stdout.trim().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no token within {timeout:?}; last error (exit {}): {}",
+                out.code,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A client-lib connection to this broker.
     pub async fn client(&self) -> therappai_broker_client::Client {
         therappai_broker_client::Client::connect(&self.socket)
@@ -415,6 +438,8 @@ fn config_text(
             "\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"
         ));
     }
+    config.push('\n');
+    config.push_str(&options.refresh_section);
     config
 }
 

@@ -85,9 +85,9 @@ async fn unknown_account_names_the_known_ones() {
 async fn upstream_down_is_a_clear_error_and_the_broker_stays_up() {
     let (fake, mut broker) = setup().await;
     broker.login("default", PASSWORD).await;
-    // Restart so the next token needs a refresh, then take the upstream down.
-    broker.restart();
+    // Take the upstream down, then restart so the next token needs a refresh.
     fake.knobs().set_down(true);
+    broker.restart();
     let out = broker.ctl(&["token", "--account", "default"]).await;
     assert_eq!(
         out.code, 6,
@@ -112,7 +112,10 @@ async fn upstream_down_is_a_clear_error_and_the_broker_stays_up() {
     assert_eq!(status.code, 0, "{}", status.stderr);
 
     fake.knobs().set_down(false);
-    let token = broker.token("default").await;
+    // The broker waits `failure_backoff_seconds` (1 s in tests) before a new refresh cycle.
+    let token = broker
+        .token_eventually("default", std::time::Duration::from_secs(20))
+        .await;
     assert!(fake.issued_tokens().contains(&token));
 }
 

@@ -35,6 +35,14 @@ impl EndMode {
             Self::Revoke => "revoke",
         }
     }
+
+    /// The reason WatchSession streams give for the move to `logged-out`.
+    fn session_reason(self) -> &'static str {
+        match self {
+            Self::Logout => "logged out by an admin",
+            Self::Revoke => "revoked by an admin (compromise response)",
+        }
+    }
 }
 
 /// What ending one account's session did, step by step.
@@ -136,7 +144,10 @@ impl Sessions {
         let account = slot.config.name.as_str();
         // Step 1, before waiting for anything: from here on no cached token is served and no
         // refresh or login in flight can bring tokens back.
-        let ended = slot.state().end_session(SessionState::LoggedOut);
+        let reason = mode.session_reason();
+        let ended = slot
+            .state()
+            .end_session(SessionState::LoggedOut, self.clock.now(), reason);
         // Step 2: a refresh or login in flight finishes (and drops its result) first, so it
         // cannot write to the store after our delete.
         let _flight = slot.flight.lock().await;
@@ -151,7 +162,8 @@ impl Sessions {
             )
             .await;
         // Anything a refresh in flight put back (it cannot commit, but be certain) goes too.
-        slot.state().end_session(SessionState::LoggedOut);
+        slot.state()
+            .end_session(SessionState::LoggedOut, self.clock.now(), reason);
         outcome
     }
 

@@ -1,0 +1,456 @@
+//! The refresher: turns a refresh token into a new access token, one refresh per account at a
+//! time, however many callers ask — and never loops on a token the upstream rejected.
+//!
+//! - **Single flight**: every cycle runs under the account's flight slot and re-checks the
+//!   cache after taking it, so callers that queued behind a refresh get its result without a
+//!   second upstream call. Accounts never wait on each other.
+//! - **Detached cycles**: a cycle runs in a task of its own, so a caller that hangs up cannot
+//!   abort it halfway (a rotated refresh token is always stored).
+//! - **Bounded retries**: transient failures (network, timeout, 5xx, 429) are retried with
+//!   exponential backoff and full jitter, at most `max_attempts` per cycle, honouring
+//!   `Retry-After` up to a cap. After a failed cycle no new one starts for `failure_backoff`.
+//! - **Stop, don't loop**: `token_not_valid` deletes the refresh token and moves the account to
+//!   `needs-login`; no upstream call is made for it until a new login. A rejection is retried
+//!   once only when the store holds a newer generation than the token that was rejected.
+//! - **Rotation**: a new refresh token is written to the store before the new access token is
+//!   served; if that write fails it is kept in memory and the write is retried.
+//! - **Logout wins**: a logout or revoke does not wait for a refresh in flight; it bumps the
+//!   account's session epoch at once (see `cache.rs`), and a cycle that started under an older
+//!   epoch drops its result instead of caching or serving it (a rotated token is revoked).
+//!
+//! Never logs a token; logs carry fingerprints.
+
+mod background;
+pub mod schedule;
+
+pub use background::run_background;
+
+use crate::cache::{AccountSlot, ServedToken, SessionState};
+use crate::clock::Clock;
+use crate::config::RefreshConfig;
+use crate::error::BrokerError;
+use crate::jwt;
+use crate::secret::RefreshToken;
+use crate::store::{StoreError, StoreHandle};
+use crate::upstream::{Refreshed, Upstream, UpstreamError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What the caller of the refresher needs.
+#[derive(Debug, Clone)]
+pub enum Need {
+    /// A token that stays valid for at least this long (a GetAccessToken caller).
+    ValidFor(Duration),
+    /// The background refresher: replace the token once it is due.
+    Ahead,
+    /// An app reports that the API rejected the token with this fingerprint: replace it if it
+    /// is still the current one, else answer with the current one.
+    Replace {
+        fingerprint: String,
+        min_valid: Duration,
+    },
+}
+
+/// The background refresher never refreshes more often than this, even when the upstream
+/// issues tokens that are (nearly) expired on arrival: callers then refresh on demand.
+const MIN_AHEAD_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct Refresher {
+    upstream: Upstream,
+    store: StoreHandle,
+    clock: Arc<dyn Clock>,
+    config: RefreshConfig,
+}
+
+impl Refresher {
+    pub fn new(
+        upstream: Upstream,
+        store: StoreHandle,
+        clock: Arc<dyn Clock>,
+        config: RefreshConfig,
+    ) -> Self {
+        Self {
+            upstream,
+            store,
+            clock,
+            config,
+        }
+    }
+
+    /// A token for `slot` that satisfies `need`, refreshing if the cache cannot answer.
+    pub async fn obtain(
+        self: &Arc<Self>,
+        slot: &Arc<AccountSlot>,
+        need: Need,
+    ) -> Result<ServedToken, BrokerError> {
+        let this = Arc::clone(self);
+        let slot = Arc::clone(slot);
+        let account = slot.config.name.clone();
+        // Detached on purpose: see the module doc.
+        let cycle = tokio::spawn(async move { this.obtain_in_flight_slot(&slot, need).await });
+        cycle.await.map_err(|e| BrokerError::UpstreamUnavailable {
+            account,
+            reason: format!("the refresh task failed: {e}"),
+        })?
+    }
+
+    async fn obtain_in_flight_slot(
+        &self,
+        slot: &AccountSlot,
+        need: Need,
+    ) -> Result<ServedToken, BrokerError> {
+        let _flight = slot.flight.lock().await;
+        // Read before the token, so a logout that wipes it after this point is noticed.
+        let epoch = slot.epoch();
+        let now = self.clock.now();
+        let account = slot.config.name.as_str();
+        // Someone else may have refreshed while we queued for the slot.
+        if let Some(served) = self.answer_from_cache(slot, &need, now) {
+            return Ok(served);
+        }
+        // One lock for both reads (a guard in an `if let` scrutinee lives through its body).
+        let backoff = {
+            let state = slot.state();
+            state
+                .next_attempt_at
+                .filter(|next| *next > now)
+                .map(|next| {
+                    let last = state.last_refresh.as_ref().map(|(_, o)| o.clone());
+                    (next, last.unwrap_or_default())
+                })
+        };
+        if let Some((next, last)) = backoff {
+            return Err(BrokerError::UpstreamUnavailable {
+                account: account.to_owned(),
+                reason: format!(
+                    "the last refresh failed ({last}); the next attempt is allowed in {} s, at {}",
+                    next.duration_since(now)
+                        .unwrap_or_default()
+                        .as_secs()
+                        .max(1),
+                    jwt::unix_seconds(next)
+                ),
+            });
+        }
+        let refresh = self.current_refresh_token(slot, epoch).await?;
+        slot.update_if_current(epoch, |state| {
+            state.set_session(SessionState::Refreshing, now, "")
+        });
+        tracing::debug!(account, refresh_sha256 = %refresh.fingerprint(), ?need, "refreshing access token");
+
+        let result = match self.cycle(account, &refresh).await {
+            Err(UpstreamError::TokenNotValid { detail }) => match self
+                .newer_stored_token(slot, &refresh)
+                .await
+            {
+                // The store holds a newer generation than the token that was rejected: try
+                // that one, once, before declaring the session dead.
+                Some(newer) => {
+                    tracing::info!(account, refresh_sha256 = %newer.fingerprint(), "rejected token was stale; retrying once with the newer stored one");
+                    slot.update_if_current(epoch, |state| state.refresh = Some(newer.duplicate()));
+                    self.cycle(account, &newer).await
+                }
+                None => Err(UpstreamError::TokenNotValid { detail }),
+            },
+            other => other,
+        };
+
+        match result {
+            Ok(refreshed) if slot.epoch() != epoch => {
+                Err(self.discard_stale(slot, refreshed).await)
+            }
+            Ok(refreshed) => {
+                let for_caller = !matches!(need, Need::Ahead);
+                self.accept(slot, epoch, refreshed, for_caller).await
+            }
+            Err(UpstreamError::TokenNotValid { detail }) => {
+                Err(self.end_session(slot, epoch, &refresh, detail).await)
+            }
+            Err(err) => {
+                let now = self.clock.now();
+                let outcome = err.to_string();
+                let next = now + self.config.failure_backoff;
+                tracing::warn!(account, error = %outcome, retry_in_s = self.config.failure_backoff.as_secs(), "refresh cycle failed");
+                slot.update_if_current(epoch, |state| {
+                    state.set_session(SessionState::Active, now, "");
+                    state.last_refresh = Some((now, outcome));
+                    state.next_attempt_at = Some(next);
+                });
+                Err(BrokerError::from_upstream(account, err))
+            }
+        }
+    }
+
+    fn answer_from_cache(
+        &self,
+        slot: &AccountSlot,
+        need: &Need,
+        now: SystemTime,
+    ) -> Option<ServedToken> {
+        match need {
+            Need::ValidFor(min_valid) => slot.fresh_access(now, *min_valid),
+            Need::Ahead => {
+                let state = slot.state();
+                let access = state.access.as_ref()?;
+                let due = state.refresh_due.unwrap_or(now);
+                (due > now).then(|| ServedToken {
+                    token: access.token.duplicate(),
+                    expires_at: access.expires_at,
+                })
+            }
+            Need::Replace {
+                fingerprint,
+                min_valid,
+            } => {
+                {
+                    let mut state = slot.state();
+                    if state
+                        .access
+                        .as_ref()
+                        .is_some_and(|a| a.token.fingerprint() == *fingerprint)
+                    {
+                        // The API says no to the current token: it must not be served again.
+                        state.access = None;
+                        return None;
+                    }
+                }
+                // An older token was reported: the current one (if fresh) is the answer.
+                slot.fresh_access(now, *min_valid)
+            }
+        }
+    }
+
+    /// One refresh cycle: up to `max_attempts` upstream calls, retrying transient failures.
+    async fn cycle(
+        &self,
+        account: &str,
+        refresh: &RefreshToken,
+    ) -> Result<Refreshed, UpstreamError> {
+        let mut attempt = 1;
+        loop {
+            match self.upstream.refresh(refresh).await {
+                Ok(refreshed) => return Ok(refreshed),
+                Err(err) if err.is_transient() && attempt < self.config.max_attempts => {
+                    let delay = schedule::retry_delay(&err, attempt, &self.config, rand::random());
+                    tracing::info!(account, attempt, max_attempts = self.config.max_attempts, delay_ms = delay.as_millis() as u64, error = %err, "refresh attempt failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Stores a rotated refresh token first, then caches the access token and serves it
+    /// (unless a logout or revoke ended the session meanwhile).
+    async fn accept(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        refreshed: Refreshed,
+        for_caller: bool,
+    ) -> Result<ServedToken, BrokerError> {
+        let account = slot.config.name.as_str();
+        let store_result = match &refreshed.rotated {
+            Some(rotated) => Some(self.store.save(account, rotated).await),
+            None => None,
+        };
+        // A logout that ran during the store write deletes the entry once this cycle releases
+        // the flight slot; here only memory and the caller matter.
+        match self.commit(slot, epoch, refreshed, store_result, for_caller) {
+            Ok(served) => Ok(served),
+            Err(refreshed) => Err(self.discard_stale(slot, refreshed).await),
+        }
+    }
+
+    /// Puts a refresh's result in memory, in one critical section with the epoch check;
+    /// hands the result back when the session it belongs to has ended.
+    fn commit(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        refreshed: Refreshed,
+        store_result: Option<Result<(), StoreError>>,
+        for_caller: bool,
+    ) -> Result<ServedToken, Refreshed> {
+        let account = slot.config.name.as_str();
+        let now = self.clock.now();
+        let mut state = slot.state();
+        if state.epoch() != epoch {
+            return Err(refreshed);
+        }
+        if let Some(rotated) = refreshed.rotated {
+            tracing::info!(
+                account,
+                old_refresh_sha256 = %state.refresh.as_ref().map(|r| r.fingerprint()).unwrap_or_default(),
+                new_refresh_sha256 = %rotated.fingerprint(),
+                generation = state.generation + 1,
+                stored = matches!(store_result, Some(Ok(()))),
+                "refresh token rotated"
+            );
+            state.refresh = Some(rotated);
+            state.generation += 1;
+            match store_result {
+                Some(Err(err)) => {
+                    tracing::error!(account, error = %err, "could not store the rotated refresh token; keeping it in memory and retrying the write");
+                    state.refresh_stored = false;
+                    state.store_problem = Some(err.to_string());
+                }
+                _ => {
+                    state.refresh_stored = true;
+                    state.store_problem = None;
+                }
+            }
+        }
+        let access = refreshed.access;
+        let access_sha = access.token.fingerprint();
+        let due = schedule::refresh_due(
+            access.received_at,
+            access.expires_at,
+            self.config.ahead_share,
+            rand::random(),
+        );
+        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
+        let served = ServedToken {
+            token: access.token.duplicate(),
+            expires_at: access.expires_at,
+        };
+        state.access = Some(access);
+        state.access_served = for_caller;
+        state.next_attempt_at = None;
+        state.last_refresh = Some((now, "ok".to_owned()));
+        state.set_session(SessionState::Active, now, "");
+        state.wake_scheduler();
+        let generation = state.generation;
+        drop(state);
+        tracing::info!(account, access_sha256 = %access_sha, generation, expires_at = jwt::unix_seconds(served.expires_at), "access token refreshed");
+        Ok(served)
+    }
+
+    /// The refresh token from memory; when memory has none, from the store.
+    async fn current_refresh_token(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+    ) -> Result<RefreshToken, BrokerError> {
+        let account = slot.config.name.as_str();
+        {
+            let state = slot.state();
+            if state.session() == SessionState::NeedsLogin {
+                return Err(BrokerError::NeedsLogin {
+                    account: account.to_owned(),
+                    reason: state
+                        .needs_login_reason
+                        .clone()
+                        .unwrap_or_else(|| "the session ended".to_owned()),
+                });
+            }
+            if let Some(refresh) = &state.refresh {
+                return Ok(refresh.duplicate());
+            }
+        }
+        // Nothing in memory: the store may hold one (e.g. it was locked at start-up).
+        match self.store.load(account).await {
+            Ok(Some(refresh)) => {
+                let now = self.clock.now();
+                slot.update_if_current(epoch, |state| {
+                    state.refresh = Some(refresh.duplicate());
+                    state.refresh_stored = true;
+                    state.generation = state.generation.max(1);
+                    state.set_session(SessionState::Active, now, "loaded from the store");
+                });
+                Ok(refresh)
+            }
+            Ok(None) => Err(BrokerError::NotLoggedIn {
+                account: account.to_owned(),
+            }),
+            Err(source) => Err(BrokerError::Store {
+                account: account.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The stored refresh token, if it differs from `rejected` (a newer generation written
+    /// by an earlier rotation whose result this memory missed).
+    async fn newer_stored_token(
+        &self,
+        slot: &AccountSlot,
+        rejected: &RefreshToken,
+    ) -> Option<RefreshToken> {
+        let stored = self.store.load(&slot.config.name).await.ok().flatten()?;
+        (stored != *rejected).then_some(stored)
+    }
+
+    /// The upstream rejected `refresh` for good: delete it and stop.
+    async fn end_session(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        refresh: &RefreshToken,
+        detail: String,
+    ) -> BrokerError {
+        let account = slot.config.name.as_str();
+        let reason = format!("therappai rejected the refresh token: {detail}");
+        tracing::warn!(account, refresh_sha256 = %refresh.fingerprint(), %reason, "session ended; a new login is needed");
+        if let Err(err) = self.store.delete(account).await {
+            tracing::error!(account, error = %err, "could not delete the rejected refresh token from the store");
+        }
+        let now = self.clock.now();
+        // After a logout during this cycle the account stays logged-out.
+        slot.update_if_current(epoch, |state| {
+            state.needs_login_reason = Some(reason.clone());
+            state.last_refresh = Some((now, reason.clone()));
+            state.clear(SessionState::NeedsLogin, now, &reason);
+        });
+        BrokerError::NeedsLogin {
+            account: account.to_owned(),
+            reason,
+        }
+    }
+
+    /// A logout or revoke ended the session while this cycle was in flight: nothing it got
+    /// is stored, cached or served, and a rotated refresh token is revoked (best effort) so
+    /// the ended session cannot live on upstream.
+    async fn discard_stale(&self, slot: &AccountSlot, refreshed: Refreshed) -> BrokerError {
+        let account = slot.config.name.as_str();
+        tracing::warn!(account, access_sha256 = %refreshed.access.token.fingerprint(), "the session ended during this refresh; its result is dropped");
+        if let Some(rotated) = &refreshed.rotated {
+            let outcome = self.upstream.revoke(rotated).await;
+            tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token rotated during the ended session");
+        }
+        BrokerError::NeedsLogin {
+            account: account.to_owned(),
+            reason: "the session was logged out or revoked while this request was in flight"
+                .to_owned(),
+        }
+    }
+
+    /// Retries writing a rotated refresh token that only memory holds.
+    pub async fn retry_store_write(&self, slot: &AccountSlot) {
+        let _flight = slot.flight.lock().await;
+        let account = slot.config.name.as_str();
+        let pending = {
+            let state = slot.state();
+            match (&state.store_problem, &state.refresh) {
+                (Some(_), Some(refresh)) => refresh.duplicate(),
+                _ => return,
+            }
+        };
+        match self.store.save(account, &pending).await {
+            Ok(()) => {
+                tracing::info!(account, "the rotated refresh token is now in the store");
+                let mut state = slot.state();
+                if state.refresh.as_ref() == Some(&pending) {
+                    state.refresh_stored = true;
+                    state.store_problem = None;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(account, error = %err, "the rotated refresh token is still not in the store; will retry");
+                slot.state().store_problem = Some(err.to_string());
+            }
+        }
+    }
+}
