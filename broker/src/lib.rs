@@ -125,6 +125,7 @@ impl Daemon {
             sessions,
             login_limiter,
             clock,
+            streams_stop: CancellationToken::new(),
         };
         Ok(Self {
             config,
@@ -147,6 +148,12 @@ impl Daemon {
             service,
         } = self;
         tracing::info!(socket = %config.socket.display(), accounts = config.accounts.len(), "serving");
+        let streams_stop = service.streams_stop.clone();
+        let on_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            on_shutdown.cancelled().await;
+            streams_stop.cancel();
+        });
         for slot in service.cache.slots() {
             tokio::spawn(refresh::run_background(
                 Arc::clone(&service.refresher),

@@ -6,6 +6,7 @@
 //! logout and revoke are in [`end`].
 
 mod end;
+mod token;
 
 use crate::audit::Audit;
 use crate::cache::{Cache, SessionState};
@@ -15,18 +16,13 @@ use crate::jwt::unix_seconds;
 use crate::peer::PeerIdentity;
 use crate::policy::{Action, Decision, SharedPolicy};
 use crate::ratelimit::{Outcome, Refusal, SharedLimiter};
-use crate::refresh::{Need, Refresher};
+use crate::refresh::Refresher;
 use crate::secret::Password;
 use crate::session::Sessions;
 use std::sync::Arc;
-use std::time::Duration;
 use therappai_broker_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-
-/// Validity asked for when a request does not say.
-const DEFAULT_MIN_VALID: Duration = Duration::from_secs(30);
-/// Longest validity a caller may ask for.
-const MAX_MIN_VALID_SECONDS: u32 = 86_400;
 
 #[derive(Debug)]
 pub struct BrokerService {
@@ -38,6 +34,8 @@ pub struct BrokerService {
     pub sessions: Arc<Sessions>,
     pub login_limiter: Arc<SharedLimiter>,
     pub clock: Arc<dyn Clock>,
+    /// Cancelled at shutdown, so WatchSession streams end instead of holding it up.
+    pub streams_stop: CancellationToken,
 }
 
 impl BrokerService {
@@ -78,44 +76,6 @@ impl BrokerService {
                 account: account.to_owned(),
                 known: self.cache.names(),
             })
-    }
-
-    async fn get_access_token_inner(
-        &self,
-        request: Request<pb::GetAccessTokenRequest>,
-    ) -> Result<pb::GetAccessTokenResponse, BrokerError> {
-        let account = request.get_ref().account.clone();
-        self.authorize(
-            &request,
-            "GetAccessToken",
-            Action::Token { account: &account },
-        )?;
-        let slot = self.account_slot(&account)?;
-        let min_valid = match request.get_ref().min_valid_seconds {
-            None => DEFAULT_MIN_VALID,
-            Some(s) if s <= MAX_MIN_VALID_SECONDS => Duration::from_secs(u64::from(s)),
-            Some(s) => {
-                return Err(BrokerError::InvalidArgument {
-                    message: format!(
-                        "min_valid_seconds {s} is more than the maximum {MAX_MIN_VALID_SECONDS}"
-                    ),
-                });
-            }
-        };
-        let served = match slot.fresh_access(self.clock.now(), min_valid) {
-            Some(served) => served,
-            None => {
-                self.refresher
-                    .obtain(slot, Need::ValidFor(min_valid))
-                    .await?
-            }
-        };
-        Ok(pb::GetAccessTokenResponse {
-            fingerprint: served.token.fingerprint(),
-            expires_at_unix: unix_seconds(served.expires_at),
-            // The one place an access token leaves the broker: to a peer policy allowed.
-            access_token: served.token.expose().to_owned(),
-        })
     }
 
     async fn login_inner(
@@ -202,6 +162,8 @@ impl BrokerService {
                 refresh_token_stored: a.refresh_token_stored,
                 last_refresh_at_unix: a.last_refresh.as_ref().map(|(t, _)| unix_seconds(*t)),
                 last_refresh_outcome: a.last_refresh.map(|(_, o)| o).unwrap_or_default(),
+                store_problem: a.store_problem.unwrap_or_default(),
+                next_refresh_attempt_at_unix: a.next_attempt_at.map(unix_seconds),
             })
             .collect();
         Ok(pb::StatusResponse {
@@ -240,7 +202,7 @@ fn account_of<'a>(action: Action<'a>) -> &'a str {
     }
 }
 
-fn session_state(state: SessionState) -> pb::SessionState {
+pub(crate) fn session_state(state: SessionState) -> pb::SessionState {
     match state {
         SessionState::LoggedOut => pb::SessionState::LoggedOut,
         SessionState::Active => pb::SessionState::Active,
@@ -256,6 +218,22 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::GetAccessTokenRequest>,
     ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
         Ok(Response::new(self.get_access_token_inner(request).await?))
+    }
+
+    async fn report_rejected(
+        &self,
+        request: Request<pb::ReportRejectedRequest>,
+    ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
+        Ok(Response::new(self.report_rejected_inner(request).await?))
+    }
+
+    type WatchSessionStream = token::SessionEvents;
+
+    async fn watch_session(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<Response<Self::WatchSessionStream>, Status> {
+        Ok(Response::new(self.watch_session_inner(request)?))
     }
 
     async fn login(

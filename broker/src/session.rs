@@ -41,6 +41,8 @@ pub struct AccountStatus {
     pub refresh_token_stored: bool,
     /// Why the current refresh token is only in memory, if it is.
     pub store_problem: Option<String>,
+    /// After a failed refresh cycle: no new cycle before this time.
+    pub next_attempt_at: Option<SystemTime>,
     pub last_refresh: Option<(SystemTime, String)>,
 }
 
@@ -183,6 +185,7 @@ impl Sessions {
                     access_expires_at: state.access.as_ref().map(|a| a.expires_at),
                     refresh_token_stored: state.refresh_stored,
                     store_problem: state.store_problem.clone(),
+                    next_attempt_at: state.next_attempt_at,
                     last_refresh: state.last_refresh.clone(),
                 }
             })

@@ -11,10 +11,14 @@
 //! The broker decides from the kernel's peer credentials whether this process may have the
 //! token; there is nothing to authenticate here.
 
+mod call;
 mod error;
+mod session;
 mod token;
 
+pub use call::{ApiAnswer, CallError, MAX_CALL_ATTEMPTS};
 pub use error::Error;
+pub use session::{SessionChange, SessionState, SessionWatch};
 pub use therappai_broker_proto::v1 as proto;
 pub use token::AccessToken;
 
@@ -105,17 +109,57 @@ impl Client {
             account: account.to_owned(),
             min_valid_seconds,
         };
-        let mut response = self
+        let response = self
             .inner
             .get_access_token(request)
             .await
             .map_err(|s| Error::from_status(s, account, &self.socket))?
             .into_inner();
-        Ok(AccessToken::new(
-            std::mem::take(&mut response.access_token),
-            from_unix(response.expires_at_unix),
-            std::mem::take(&mut response.fingerprint),
-        ))
+        Ok(token_from(response))
+    }
+
+    /// Reports that therappai refused the token with `fingerprint` (see
+    /// [`AccessToken::fingerprint`]) and returns the token to use now: a new one if the
+    /// reported one was current (the broker refreshes once, however many apps report it),
+    /// else the current one. Prefer [`Client::call_with_token`], which does this for you.
+    pub async fn report_rejected(
+        &mut self,
+        account: &str,
+        fingerprint: &str,
+    ) -> Result<AccessToken, Error> {
+        let request = proto::ReportRejectedRequest {
+            account: account.to_owned(),
+            access_token: String::new(),
+            fingerprint: fingerprint.to_owned(),
+            min_valid_seconds: None,
+        };
+        let response = self
+            .inner
+            .report_rejected(request)
+            .await
+            .map_err(|s| Error::from_status(s, account, &self.socket))?
+            .into_inner();
+        Ok(token_from(response))
+    }
+
+    /// A stream of `account`'s session state: first the current state, then every change,
+    /// so an app can go back to its login screen when an admin logs it out or the session
+    /// ends.
+    pub async fn watch_session(&mut self, account: &str) -> Result<SessionWatch, Error> {
+        let request = proto::WatchSessionRequest {
+            account: account.to_owned(),
+        };
+        let inner = self
+            .inner
+            .watch_session(request)
+            .await
+            .map_err(|s| Error::from_status(s, account, &self.socket))?
+            .into_inner();
+        Ok(SessionWatch {
+            inner,
+            account: account.to_owned(),
+            socket: self.socket.clone(),
+        })
     }
 
     /// Admin: logs `account` in with `password`. Returns the new access token's expiry.
@@ -200,6 +244,15 @@ impl Client {
             .map(tonic::Response::into_inner)
             .map_err(|s| Error::from_status(s, "", &self.socket))
     }
+}
+
+/// Moves the token out of the wire message into the secret type.
+fn token_from(mut response: proto::GetAccessTokenResponse) -> AccessToken {
+    AccessToken::new(
+        std::mem::take(&mut response.access_token),
+        from_unix(response.expires_at_unix),
+        std::mem::take(&mut response.fingerprint),
+    )
 }
 
 fn from_unix(seconds: i64) -> SystemTime {

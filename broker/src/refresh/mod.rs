@@ -124,12 +124,12 @@ impl Refresher {
             return Err(BrokerError::UpstreamUnavailable {
                 account: account.to_owned(),
                 reason: format!(
-                    "the last refresh failed ({last}); the next attempt is allowed in {} s, at {}",
+                    "the last refresh failed ({last}); the broker tries again from {} (in {} s)",
+                    crate::clock::utc_rfc3339(next),
                     next.duration_since(now)
                         .unwrap_or_default()
                         .as_secs()
                         .max(1),
-                    jwt::unix_seconds(next)
                 ),
             });
         }

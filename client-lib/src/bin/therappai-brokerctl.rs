@@ -83,6 +83,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow an account's session state: prints the current state, then one line per
+    /// change (active, refreshing, needs-login, logged-out) until interrupted or the broker
+    /// stops. Never shows a token.
+    Watch {
+        #[arg(long, value_name = "NAME")]
+        account: String,
+    },
     /// Log an account out (or, with --all, every account on this device): tell therappai
     /// (best effort, if configured), delete the stored token, wipe memory.
     Logout {
@@ -226,6 +233,29 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             println!("Revoke:");
             print_outcomes(&report.accounts);
             check_outcomes(&report.accounts, &report.store_listing_error, true)?;
+        }
+        Command::Watch { account } => {
+            let mut client = Client::connect(&socket).await?;
+            let mut watch = client.watch_session(&account).await?;
+            while let Some(change) = watch.next().await {
+                let change = change?;
+                let mut out = std::io::stdout().lock();
+                let reason = if change.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", change.reason)
+                };
+                let kind = if change.snapshot { "now" } else { "changed" };
+                writeln!(
+                    out,
+                    "{} {kind}: {}{reason}",
+                    change.account,
+                    watch_state_name(change.state)
+                )
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::Local(format!("cannot write to stdout: {e}")))?;
+            }
+            eprintln!("therappai-brokerctl: the broker closed the stream (it is stopping)");
         }
         Command::Status { json } => {
             let mut client = Client::connect(&socket).await?;
@@ -419,6 +449,24 @@ fn print_status(status: &proto::StatusResponse, socket: &std::path::Path) {
         );
     }
     for a in &status.accounts {
+        if !a.store_problem.is_empty() {
+            println!(
+                "\n\"{}\": the current refresh token is only in memory ({}); the broker retries the write. Fix the store, or the account needs a login after a restart.",
+                a.name, a.store_problem
+            );
+        }
+        if let Some(t) = a.next_refresh_attempt_at_unix {
+            println!(
+                "\n\"{}\": the last refresh failed; the broker tries again {} (until then, requests that need a new token get UNAVAILABLE; valid cached tokens are still served).",
+                a.name,
+                match from_unix(t).duration_since(SystemTime::now()) {
+                    Ok(left) => format!("in {}", short(left)),
+                    Err(_) => "on the next request".to_owned(),
+                }
+            );
+        }
+    }
+    for a in &status.accounts {
         match proto::SessionState::try_from(a.state).unwrap_or_default() {
             proto::SessionState::NeedsLogin | proto::SessionState::LoggedOut => {
                 println!(
@@ -445,6 +493,8 @@ fn status_json(status: &proto::StatusResponse, socket: &std::path::Path) -> serd
                 "refresh_token_stored": a.refresh_token_stored,
                 "last_refresh_at_unix": a.last_refresh_at_unix,
                 "last_refresh_outcome": a.last_refresh_outcome,
+                "store_problem": a.store_problem,
+                "next_refresh_attempt_at_unix": a.next_refresh_attempt_at_unix,
             })
         })
         .collect();
@@ -455,6 +505,17 @@ fn status_json(status: &proto::StatusResponse, socket: &std::path::Path) -> serd
         "store_detail": status.store_detail,
         "accounts": accounts,
     })
+}
+
+fn watch_state_name(state: therappai_broker_client::SessionState) -> &'static str {
+    use therappai_broker_client::SessionState as S;
+    match state {
+        S::LoggedOut => "logged-out",
+        S::Active => "active",
+        S::Refreshing => "refreshing",
+        S::NeedsLogin => "needs-login",
+        _ => "unknown",
+    }
 }
 
 fn from_unix(seconds: i64) -> SystemTime {

@@ -1,0 +1,221 @@
+//! Handlers an app uses: GetAccessToken, ReportRejected and WatchSession.
+//!
+//! All three need the same allow rule (a token rule for the account). The token leaves the
+//! broker only in a GetAccessTokenResponse; a WatchSession stream carries states, never tokens.
+
+use super::{BrokerService, session_state};
+use crate::cache::{AccountSlot, SessionEvent};
+use crate::error::BrokerError;
+use crate::jwt::unix_seconds;
+use crate::peer::PeerIdentity;
+use crate::policy::{Action, Decision, SharedPolicy};
+use crate::refresh::Need;
+use crate::secret::AccessToken;
+use std::sync::Arc;
+use std::time::Duration;
+use therappai_broker_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Status};
+
+/// Validity asked for when a request does not say.
+const DEFAULT_MIN_VALID: Duration = Duration::from_secs(30);
+/// Longest validity a caller may ask for.
+const MAX_MIN_VALID_SECONDS: u32 = 86_400;
+/// Events a WatchSession stream buffers for a slow reader before it waits.
+const STREAM_BUFFER: usize = 16;
+
+/// The stream type of WatchSession.
+pub type SessionEvents = ReceiverStream<Result<pb::SessionEvent, Status>>;
+
+impl BrokerService {
+    pub(super) async fn get_access_token_inner(
+        &self,
+        request: Request<pb::GetAccessTokenRequest>,
+    ) -> Result<pb::GetAccessTokenResponse, BrokerError> {
+        let account = request.get_ref().account.clone();
+        self.authorize(
+            &request,
+            "GetAccessToken",
+            Action::Token { account: &account },
+        )?;
+        let slot = self.account_slot(&account)?;
+        let min_valid = min_valid(request.get_ref().min_valid_seconds)?;
+        let served = match slot.fresh_access(self.clock.now(), min_valid) {
+            Some(served) => served,
+            None => {
+                self.refresher
+                    .obtain(slot, Need::ValidFor(min_valid))
+                    .await?
+            }
+        };
+        Ok(token_response(served))
+    }
+
+    pub(super) async fn report_rejected_inner(
+        &self,
+        mut request: Request<pb::ReportRejectedRequest>,
+    ) -> Result<pb::GetAccessTokenResponse, BrokerError> {
+        let account = request.get_ref().account.clone();
+        self.authorize(
+            &request,
+            "ReportRejected",
+            Action::Token { account: &account },
+        )?;
+        let slot = self.account_slot(&account)?;
+        let body = request.get_mut();
+        let min_valid = min_valid(body.min_valid_seconds)?;
+        // The reported token goes straight into a secret type; only its fingerprint is kept.
+        let reported = AccessToken::new(std::mem::take(&mut body.access_token));
+        let fingerprint = match (reported.expose().is_empty(), body.fingerprint.as_str()) {
+            (false, _) => reported.fingerprint(),
+            (true, f) if is_fingerprint(f) => f.to_ascii_lowercase(),
+            (true, "") => {
+                return Err(BrokerError::InvalidArgument {
+                    message: "ReportRejected needs the rejected access_token or its fingerprint"
+                        .to_owned(),
+                });
+            }
+            (true, f) => {
+                return Err(BrokerError::InvalidArgument {
+                    message: format!(
+                        "fingerprint \"{}\" is not the 8 hex digits GetAccessToken returns",
+                        f.escape_debug()
+                    ),
+                });
+            }
+        };
+        drop(reported);
+        tracing::info!(
+            account,
+            access_sha256 = %fingerprint,
+            "an app reports its access token was rejected"
+        );
+        let served = self
+            .refresher
+            .obtain(
+                slot,
+                Need::Replace {
+                    fingerprint,
+                    min_valid,
+                },
+            )
+            .await?;
+        Ok(token_response(served))
+    }
+
+    pub(super) fn watch_session_inner(
+        &self,
+        request: Request<pb::WatchSessionRequest>,
+    ) -> Result<SessionEvents, BrokerError> {
+        let account = request.get_ref().account.clone();
+        let who = self.authorize(
+            &request,
+            "WatchSession",
+            Action::Token { account: &account },
+        )?;
+        let slot = Arc::clone(self.account_slot(&account)?);
+        let (first, events) = slot.subscribe();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let watch = Watch {
+            slot,
+            peer: who.peer,
+            policy: Arc::clone(&self.policy),
+            tx,
+            stop: self.streams_stop.clone(),
+        };
+        tokio::spawn(watch.run(first, events));
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+/// One WatchSession stream: forwards the account's session events until the app hangs up,
+/// the broker shuts down, or a policy reload takes the app's right away.
+struct Watch {
+    slot: Arc<AccountSlot>,
+    peer: Arc<PeerIdentity>,
+    policy: Arc<SharedPolicy>,
+    tx: mpsc::Sender<Result<pb::SessionEvent, Status>>,
+    stop: CancellationToken,
+}
+
+impl Watch {
+    async fn run(self, first: SessionEvent, mut events: broadcast::Receiver<SessionEvent>) {
+        if !self.send(&first, true).await {
+            return;
+        }
+        loop {
+            let received = tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = self.tx.closed() => return,
+                received = events.recv() => received,
+            };
+            let sent = match received {
+                Ok(event) => self.send(&event, false).await,
+                // Fell behind: what matters to an app is where the session is now.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let (now, _) = self.slot.subscribe();
+                    self.send(&now, true).await
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    /// Sends one event if the peer may still watch this account; false ends the stream.
+    async fn send(&self, event: &SessionEvent, snapshot: bool) -> bool {
+        let account = self.slot.config.name.as_str();
+        let allowed = matches!(
+            self.policy
+                .current()
+                .decide(&self.peer, Action::Token { account }),
+            Decision::Allow { .. }
+        );
+        if !allowed {
+            let status = Status::permission_denied(format!(
+                "the broker's policy no longer lets this program ({}) watch account \"{account}\" \
+                 (changed by a config reload); the stream ends",
+                self.peer.describe()
+            ));
+            let _ = self.tx.send(Err(status)).await;
+            return false;
+        }
+        let wire = pb::SessionEvent {
+            account: account.to_owned(),
+            state: session_state(event.state).into(),
+            at_unix: unix_seconds(event.at),
+            reason: event.reason.clone(),
+            snapshot,
+        };
+        self.tx.send(Ok(wire)).await.is_ok()
+    }
+}
+
+fn min_valid(requested: Option<u32>) -> Result<Duration, BrokerError> {
+    match requested {
+        None => Ok(DEFAULT_MIN_VALID),
+        Some(s) if s <= MAX_MIN_VALID_SECONDS => Ok(Duration::from_secs(u64::from(s))),
+        Some(s) => Err(BrokerError::InvalidArgument {
+            message: format!(
+                "min_valid_seconds {s} is more than the maximum {MAX_MIN_VALID_SECONDS}"
+            ),
+        }),
+    }
+}
+
+fn is_fingerprint(value: &str) -> bool {
+    value.len() == 8 && value.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn token_response(served: crate::cache::ServedToken) -> pb::GetAccessTokenResponse {
+    pb::GetAccessTokenResponse {
+        fingerprint: served.token.fingerprint(),
+        expires_at_unix: unix_seconds(served.expires_at),
+        // The one place an access token leaves the broker: to a peer policy allowed.
+        access_token: served.token.expose().to_owned(),
+    }
+}
