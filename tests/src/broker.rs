@@ -32,6 +32,8 @@ pub struct BrokerOptions {
     /// Make the broker's directory traversable (0711) so processes of other uids can reach
     /// the socket (whose own mode and group then decide).
     pub shared_dir: bool,
+    /// `[upstream] request_timeout_seconds`.
+    pub request_timeout_seconds: u64,
     /// The `[refresh]` section. Tests default to short retry delays so that waiting for a
     /// recovery costs little.
     pub refresh_section: String,
@@ -46,6 +48,7 @@ impl BrokerOptions {
             revoke_path: None,
             log_level: "debug".to_owned(),
             top_config: String::new(),
+            request_timeout_seconds: 5,
             refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\n".to_owned(),
             extra_config: String::new(),
             shared_dir: false,
@@ -237,6 +240,16 @@ impl Broker {
         self.spawn();
     }
 
+    /// `kill -9`: the broker gets no chance to finish anything; then starts it again with the
+    /// same config, store and log.
+    #[track_caller]
+    pub fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().expect("broker is running");
+        child.kill().expect("SIGKILL the broker");
+        child.wait().expect("reap the broker");
+        self.spawn();
+    }
+
     /// Rewrites the config file with new `extra_config` (the broker reads it on SIGHUP).
     #[track_caller]
     pub fn rewrite_extra_config(&mut self, extra: &str) {
@@ -421,14 +434,15 @@ fn config_text(
     ca_file: &Path,
 ) -> String {
     let mut config = format!(
-        "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = 5\n",
+        "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = {}\n",
         socket.display(),
         options.top_config,
         match options.store {
             StoreKind::SecretService => "secret-service",
             StoreKind::Keyutils => "keyutils",
         },
-        ca_file.display()
+        ca_file.display(),
+        options.request_timeout_seconds
     );
     if let Some(path) = &options.revoke_path {
         config.push_str(&format!("revoke_path = \"{path}\"\n"));

@@ -183,6 +183,10 @@ async fn refresh(shared: &Shared, req: Request<Incoming>) -> Outcome {
     match shared.refresh(&fields[0]) {
         Ok(issued) => {
             shared.count(|c| c.refresh_ok += 1);
+            let reply_delay = shared.knobs.state().refresh_reply_delay;
+            if !reply_delay.is_zero() {
+                tokio::time::sleep(reply_delay).await;
+            }
             Ok(issued_reply(issued))
         }
         Err(refused) => {

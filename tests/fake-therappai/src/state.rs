@@ -87,6 +87,7 @@ pub(crate) struct KnobState {
     pub(crate) rotate: bool,
     pub(crate) down: bool,
     pub(crate) refresh_delay: Duration,
+    pub(crate) refresh_reply_delay: Duration,
     pub(crate) malformed_refresh: bool,
     pub(crate) refresh_missing_access: bool,
     pub(crate) revoke_path_enabled: bool,
@@ -109,6 +110,7 @@ impl Knobs {
                 rotate,
                 down: false,
                 refresh_delay: Duration::ZERO,
+                refresh_reply_delay: Duration::ZERO,
                 malformed_refresh: false,
                 refresh_missing_access: false,
                 revoke_path_enabled: true,
@@ -199,6 +201,13 @@ impl Knobs {
     /// in `refresh_calls` on arrival, so tests can see it is in flight).
     pub fn set_refresh_delay(&self, delay: Duration) {
         self.state().refresh_delay = delay;
+    }
+
+    /// Handles every successful `/refresh/` at once (the old refresh token is blacklisted when
+    /// rotating, and `refresh_ok` counts it) but holds the answer this long: the window in
+    /// which a crashed client has lost a rotation the server already made (SimpleJWT's order).
+    pub fn set_refresh_reply_delay(&self, delay: Duration) {
+        self.state().refresh_reply_delay = delay;
     }
 
     /// `/refresh/` answers `200` with a body that is not JSON. The token is not consumed.
