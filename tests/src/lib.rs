@@ -24,11 +24,11 @@ use std::time::{Duration, Instant};
 #[track_caller]
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/<test> → target/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps");
+    // A test lives in target/<profile>/deps/, a binary (the benchmark) in target/<profile>/.
+    let mut dir = exe.parent().expect("executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps has a parent");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -3,7 +3,9 @@
 //! - `demo`: a fake therappai on loopback, the broker on the default store, a demo login and a
 //!   token summary; then keeps serving so `therappai-brokerctl` can be tried.
 //! - `test`: installs what the tests need (Debian packages) when missing, checks formatting
-//!   and lints, and runs every test.
+//!   and lints, runs every test, and runs the benchmark in smoke mode (it asserts no timing).
+//! - `bench [--smoke]`: builds in release mode and runs the benchmark; the table goes to
+//!   stdout, the figures to `target/bench/bench.json`.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -25,9 +27,10 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "demo" => demo::run_demo(),
         "test" => test(),
+        "bench" => bench(std::env::args().any(|a| a == "--smoke")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test>\n  demo  run the broker against a fake therappai and keep serving\n  test  install test dependencies if missing, lint, and run every test"
+                "usage: cargo xtask <demo|test|bench>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor"
             );
             return ExitCode::from(2);
         }
@@ -118,5 +121,21 @@ fn test() -> Result<()> {
     // The end-to-end tests start the real binaries: build them first.
     run("cargo", &["build", "--workspace", "--bins"])?;
     run("cargo", &["test", "--workspace"])?;
+    // Proves the benchmark still runs end to end; its figures mean nothing in a debug build.
+    run("target/debug/therappai-broker-bench", &["--smoke"])?;
     Ok(())
+}
+
+fn bench(smoke: bool) -> Result<()> {
+    install_test_packages()?;
+    run("cargo", &["build", "--release", "--workspace", "--bins"])?;
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out).context("create target/bench")?;
+    let json = out.join("bench.json");
+    let json = json.to_str().context("target path is not UTF-8")?;
+    let mut args = vec!["--json", json];
+    if smoke {
+        args.push("--smoke");
+    }
+    run("target/release/therappai-broker-bench", &args)
 }

@@ -1,0 +1,90 @@
+//! The table a human reads; the JSON holds the same figures.
+
+use serde_json::Value;
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+pub fn print_table(r: &Value) {
+    let m = &r["machine"];
+    println!(
+        "therappai-broker benchmark ({} mode, medians of {} runs) on {} × {} (Linux {})",
+        r["mode"].as_str().unwrap_or(""),
+        r["repeats"],
+        m["cores"],
+        m["cpu_model"].as_str().unwrap_or(""),
+        m["kernel"].as_str().unwrap_or("")
+    );
+    println!();
+    let l = &r["latency"];
+    println!(
+        "{:<44} {:>12} {:>12} {:>8}",
+        "measure", "floor", "broker", "ratio"
+    );
+    println!(
+        "{:<44} {:>9.1} µs {:>9.1} µs {:>7.2}×",
+        format!("latency p50 ({} sequential calls)", l["calls"]),
+        f(&l["floor"]["p50_us"]),
+        f(&l["broker"]["p50_us"]),
+        f(&l["ratio_p50"])
+    );
+    println!(
+        "{:<44} {:>9.1} µs {:>9.1} µs {:>7.2}×",
+        "latency p99",
+        f(&l["floor"]["p99_us"]),
+        f(&l["broker"]["p99_us"]),
+        f(&l["ratio_p99"])
+    );
+    for row in r["throughput"].as_array().into_iter().flatten() {
+        println!(
+            "{:<44} {:>10.0}/s {:>10.0}/s {:>7.2}×",
+            format!(
+                "throughput, {} callers over {} channel(s)",
+                row["callers"], row["channels"]
+            ),
+            f(&row["floor_per_s"]),
+            f(&row["broker_per_s"]),
+            f(&row["ratio"])
+        );
+    }
+    println!(
+        "{:<44} {:>10.2} s {:>10.2} s {:>7.2}×",
+        "CPU seconds per 100,000 tokens (64×8 load)",
+        f(&r["cpu"]["floor_cpu_s_per_100k"]),
+        f(&r["cpu"]["broker_cpu_s_per_100k"]),
+        f(&r["cpu"]["broker_cpu_s_per_100k"]) / f(&r["cpu"]["floor_cpu_s_per_100k"])
+    );
+    println!();
+    let i = &r["isolation"];
+    println!(
+        "isolation: other account's cached token while a refresh is held 500 ms: p50 {:.1} µs, p99 {:.1} µs ({} calls; without the held refresh p99 {:.1} µs)",
+        f(&i["during_refresh"]["p50_us"]),
+        f(&i["during_refresh"]["p99_us"]),
+        i["samples"],
+        f(&i["baseline"]["p99_us"])
+    );
+    let s = &r["stampede"];
+    println!(
+        "stampede: {} callers on a fresh broker: /refresh/ calls per run {}, p50 {:.1} ms, p99 {:.1} ms; one lone caller {:.1} ms (upstream latency 50 ms + TLS connect), p99 − lone = {:.1} ms",
+        s["callers"],
+        s["refresh_calls"],
+        f(&s["p50_ms"]),
+        f(&s["p99_ms"]),
+        f(&s["lone_caller_ms"]),
+        f(&s["p99_ms"]) - f(&s["lone_caller_ms"])
+    );
+    let c = &r["cli"];
+    println!(
+        "CLI: `therappai-brokerctl token` median {:.2} ms over {} runs (starting `true` costs {:.2} ms here)",
+        f(&c["token_median_ms"]),
+        c["runs"],
+        f(&c["true_median_ms"])
+    );
+    let mem = &r["memory"];
+    println!(
+        "daemon memory: RSS idle {:.1} MiB, peak (VmHWM) after the loads {:.1} MiB",
+        f(&mem["idle_rss_kib"]) / 1024.0,
+        f(&mem["peak_rss_kib"]) / 1024.0
+    );
+}
