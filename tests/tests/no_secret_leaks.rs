@@ -123,3 +123,78 @@ async fn login(broker: &Broker) -> therappai_broker_e2e::CtlOutput {
         )
         .await
 }
+
+/// ReportRejected carries a token into the broker (whole, or misplaced in the fingerprint
+/// field) and WatchSession streams out of it: neither may leak one into a log or an output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_rejected_and_watch_leak_nothing() {
+    use therappai_broker_proto::v1 as pb;
+    let fake = FakeTherappai::start(FakeConfig {
+        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
+        access_lifetime: Duration::ZERO,
+        ..FakeConfig::default()
+    })
+    .await
+    .expect("start fake therappai");
+    let mut options = BrokerOptions::new(StoreKind::Keyutils, EMAIL);
+    options.log_level = "trace".to_owned();
+    let mut broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
+    let watcher =
+        tokio::process::Command::new(therappai_broker_e2e::workspace_bin("therappai-brokerctl"))
+            .arg("--socket")
+            .arg(broker.socket_path())
+            .args(["watch", "--account", "default"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start brokerctl watch");
+    login(&broker).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    let token = broker.token("default").await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "unix://{}",
+        broker.socket_path().display()
+    ))
+    .expect("endpoint")
+    .connect()
+    .await
+    .expect("connect");
+    let mut raw = pb::broker_client::BrokerClient::new(channel);
+    let report = |access_token: String, fingerprint: String| pb::ReportRejectedRequest {
+        account: "default".to_owned(),
+        access_token,
+        fingerprint,
+        min_valid_seconds: None,
+    };
+    // The whole token: replaced.
+    let replaced = raw
+        .report_rejected(report(token.clone(), String::new()))
+        .await
+        .expect("the current token is replaced")
+        .into_inner();
+    assert_ne!(replaced.access_token, token);
+    // The token where its fingerprint belongs: refused without being echoed.
+    let misplaced = raw
+        .report_rejected(report(String::new(), replaced.access_token.clone()))
+        .await
+        .expect_err("not a fingerprint");
+    assert!(
+        misplaced.message().contains("8 hex digits"),
+        "{}",
+        misplaced.message()
+    );
+    let mut printed = misplaced.message().to_owned();
+    broker.stop();
+    let watched = watcher.wait_with_output().await.expect("watch output");
+    let shown = String::from_utf8_lossy(&watched.stdout);
+    assert!(shown.contains("default changed: active"), "{shown}");
+    printed.push_str(&shown);
+    printed.push_str(&String::from_utf8_lossy(&watched.stderr));
+
+    let mut secrets = fake.issued_tokens();
+    secrets.push(PASSWORD.to_owned());
+    assert_no_secret("the broker's log", &broker.logs(), &secrets);
+    assert_no_secret("the CLI's and the RPC errors' output", &printed, &secrets);
+}

@@ -78,10 +78,11 @@ impl BrokerService {
                 });
             }
             (true, f) => {
+                // Not echoed: an app that put the token itself here must not get it in logs.
                 return Err(BrokerError::InvalidArgument {
                     message: format!(
-                        "fingerprint \"{}\" is not the 8 hex digits GetAccessToken returns",
-                        f.escape_debug()
+                        "the fingerprint is not the 8 hex digits GetAccessToken returns (got {} characters); pass that fingerprint, or the token itself in access_token",
+                        f.chars().count()
                     ),
                 });
             }

@@ -116,6 +116,8 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
     let broker_pid = u32::try_from(broker.pid())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss_kib = process::memory_kib(broker_pid, "VmRSS")?;
+    // RSS counts the binary's code pages (shared page cache) too; RssAnon is the daemon's own.
+    let idle_anon_kib = process::memory_kib(broker_pid, "RssAnon")?;
 
     let floor_dir = tempfile::tempdir()?;
     let floor_socket = floor_dir.path().join("floor.sock");
@@ -183,6 +185,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         }
     }
     let peak_rss_kib = process::memory_kib(broker_pid, "VmHWM")?;
+    let loaded_anon_kib = process::memory_kib(broker_pid, "RssAnon")?;
     drop(floor);
 
     eprintln!("isolation: {} held refreshes", settings.isolation_windows);
@@ -206,7 +209,12 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "isolation": isolation,
         "stampede": stampede,
         "cli": cli,
-        "memory": { "idle_rss_kib": idle_rss_kib, "peak_rss_kib": peak_rss_kib },
+        "memory": {
+            "idle_rss_kib": idle_rss_kib,
+            "idle_anon_kib": idle_anon_kib,
+            "peak_rss_kib": peak_rss_kib,
+            "after_load_anon_kib": loaded_anon_kib,
+        },
         "cpu": cpu,
     }))
 }

@@ -83,8 +83,10 @@ pub fn print_table(r: &Value) {
     );
     let mem = &r["memory"];
     println!(
-        "daemon memory: RSS idle {:.1} MiB, peak (VmHWM) after the loads {:.1} MiB",
+        "daemon memory: RSS idle {:.1} MiB (own heap and stacks, RssAnon: {:.1} MiB; the rest is shared code pages), peak RSS (VmHWM) after the loads {:.1} MiB (RssAnon then {:.1} MiB)",
         f(&mem["idle_rss_kib"]) / 1024.0,
-        f(&mem["peak_rss_kib"]) / 1024.0
+        f(&mem["idle_anon_kib"]) / 1024.0,
+        f(&mem["peak_rss_kib"]) / 1024.0,
+        f(&mem["after_load_anon_kib"]) / 1024.0
     );
 }
