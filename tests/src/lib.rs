@@ -76,3 +76,19 @@ pub fn assert_no_secret(what: &str, haystack: &str, secrets: &[String]) {
         );
     }
 }
+
+/// The fake therappai with one user, issuing access tokens that live `access_lifetime`
+/// (`Duration::ZERO`: already expired, so the first token request after a login refreshes).
+pub async fn fake_with_user(
+    email: &str,
+    password: &str,
+    access_lifetime: Duration,
+) -> fake_therappai::FakeTherappai {
+    fake_therappai::FakeTherappai::start(fake_therappai::FakeConfig {
+        users: vec![(email.to_owned(), password.to_owned())],
+        access_lifetime,
+        ..fake_therappai::FakeConfig::default()
+    })
+    .await
+    .expect("start fake therappai")
+}

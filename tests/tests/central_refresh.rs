@@ -2,14 +2,9 @@
 //! injection: one refresh however many callers ask, bounded retries, a back-off after a
 //! failed cycle, no loop on a dead refresh token, crash-safe rotation, and ReportRejected.
 
-#![expect(
-    clippy::expect_used,
-    reason = "end-to-end test: a failed step panics with its reason"
-)]
-
-use fake_therappai::{Endpoint, FakeConfig, FakeTherappai};
+use fake_therappai::{Endpoint, FakeTherappai};
 use std::time::Duration;
-use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, wait_until};
+use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user, wait_until};
 
 const EMAIL: &str = "erin@example.com";
 const PASSWORD: &str = "erins-long-password";
@@ -21,13 +16,7 @@ const EXIT_NEEDS_LOGIN: i32 = 3;
 async fn fake() -> FakeTherappai {
     // Login hands out access tokens that are already expired, so the first token request
     // after a login needs a refresh.
-    FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        access_lifetime: Duration::ZERO,
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai")
+    fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await
 }
 
 async fn logged_in(fake: &FakeTherappai, options: BrokerOptions) -> Broker {

@@ -8,7 +8,6 @@
     reason = "end-to-end test: a failed step panics with its reason"
 )]
 
-use fake_therappai::{FakeConfig, FakeTherappai};
 use secrecy::SecretString;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +15,7 @@ use therappai_broker::clock::Clock;
 use therappai_broker::config::Config;
 use therappai_broker::{Daemon, store};
 use therappai_broker_client::Client;
+use therappai_broker_e2e::fake_with_user;
 use tokio_util::sync::CancellationToken;
 
 const EMAIL: &str = "frank@example.com";
@@ -41,13 +41,7 @@ impl Clock for JumpingClock {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_wall_clock_jump_past_expiry_no_expired_token_is_served() {
-    let fake = FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        access_lifetime: Duration::from_secs(300),
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai");
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::from_secs(300)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = fake.write_ca_file(dir.path()).expect("CA file");
     let socket = dir.path().join("run/broker.sock");

@@ -2,22 +2,15 @@
 //! the broker's output or in anything the CLI printed other than `token`'s own stdout. The
 //! flow includes logout, revoke (confirmed and failing) and device-level logout.
 
-use fake_therappai::{FakeConfig, FakeTherappai};
 use std::time::Duration;
-use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, assert_no_secret};
+use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, assert_no_secret, fake_with_user};
 
 const EMAIL: &str = "erin@example.com";
 const PASSWORD: &str = "erins-very-secret-password";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_password_in_logs_or_cli_output() {
-    let fake = FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        access_lifetime: Duration::ZERO,
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai");
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
     fake.knobs().set_rotation(true);
     let mut options = BrokerOptions::new(StoreKind::SecretService, EMAIL);
     options.log_level = "trace".to_owned();
@@ -129,13 +122,7 @@ async fn login(broker: &Broker) -> therappai_broker_e2e::CtlOutput {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_rejected_and_watch_leak_nothing() {
     use therappai_broker_proto::v1 as pb;
-    let fake = FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        access_lifetime: Duration::ZERO,
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai");
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
     let mut options = BrokerOptions::new(StoreKind::Keyutils, EMAIL);
     options.log_level = "trace".to_owned();
     let mut broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());

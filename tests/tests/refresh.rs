@@ -1,26 +1,15 @@
 //! An expired access token is replaced through `/refresh/`; a refresh token the upstream
 //! rejects ends the session instead of looping.
 
-#![expect(
-    clippy::expect_used,
-    reason = "end-to-end test: a failed step panics with its reason"
-)]
-
-use fake_therappai::{FakeConfig, FakeTherappai};
+use fake_therappai::FakeTherappai;
 use std::time::Duration;
-use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind};
+use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user};
 
 const EMAIL: &str = "dave@example.com";
 const PASSWORD: &str = "daves-long-password";
 
 async fn fake(access_lifetime: Duration) -> FakeTherappai {
-    FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        access_lifetime,
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai")
+    fake_with_user(EMAIL, PASSWORD, access_lifetime).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

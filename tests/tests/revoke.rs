@@ -2,26 +2,15 @@
 //! do), the local wipe always happens (checked in the store itself), it is an audit event, and
 //! a token request in flight during a revoke never gets the old session's token.
 
-#![expect(
-    clippy::expect_used,
-    reason = "end-to-end test: a failed step panics with its reason"
-)]
-
-use fake_therappai::{FakeConfig, FakeTherappai};
+use fake_therappai::FakeTherappai;
 use std::time::Duration;
-use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, wait_until};
+use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user, wait_until};
 
 const EMAIL: &str = "frank@example.com";
 const PASSWORD: &str = "franks-long-password";
 
 async fn fake(access_lifetime: Duration) -> FakeTherappai {
-    FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        access_lifetime,
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai")
+    fake_with_user(EMAIL, PASSWORD, access_lifetime).await
 }
 
 fn options(store: StoreKind, revoke_path: Option<&str>) -> BrokerOptions {

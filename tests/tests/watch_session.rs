@@ -6,10 +6,9 @@
     reason = "end-to-end test: a failed step panics with its reason"
 )]
 
-use fake_therappai::{FakeConfig, FakeTherappai};
 use std::time::Duration;
 use therappai_broker_client::{SessionChange, SessionState, SessionWatch};
-use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind};
+use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user};
 
 const EMAIL: &str = "grace@example.com";
 const PASSWORD: &str = "graces-long-password";
@@ -24,13 +23,7 @@ async fn next(watch: &mut SessionWatch) -> SessionChange {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_session_sees_every_transition() {
-    let fake = FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        access_lifetime: Duration::ZERO,
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai");
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
     let mut broker = Broker::start(
         BrokerOptions::new(StoreKind::SecretService, EMAIL),
         &fake.base_url(),
