@@ -70,23 +70,7 @@ impl SecretServiceSession {
             "dbus-daemon printed no address: {line:?}"
         );
 
-        let mut keyring = Command::new("gnome-keyring-daemon")
-            .args(["--unlock", "--components=secrets", "--foreground"])
-            .envs(Self::isolated_env(dir.path(), &address))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "start gnome-keyring-daemon (install `gnome-keyring`; `cargo xtask test` does)",
-            );
-        {
-            // The unlock password, without a newline, then EOF.
-            let mut stdin = keyring.stdin.take().expect("keyring stdin");
-            stdin
-                .write_all(b"therappai-test-keyring")
-                .expect("write keyring password");
-        }
+        let keyring = Self::spawn_keyring(dir.path(), &address);
         let session = Self {
             dir,
             address,
@@ -99,6 +83,50 @@ impl SecretServiceSession {
             || session.default_collection_ready(),
         );
         session
+    }
+
+    /// gnome-keyring on the bus, unlocking the keyring in `dir` (created on first start).
+    fn spawn_keyring(dir: &Path, address: &str) -> Child {
+        let mut keyring = Command::new("gnome-keyring-daemon")
+            .args(["--unlock", "--components=secrets", "--foreground"])
+            .envs(Self::isolated_env(dir, address))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "start gnome-keyring-daemon (install `gnome-keyring`; `cargo xtask test` does)",
+            );
+        // The unlock password, without a newline, then EOF.
+        let mut stdin = keyring.stdin.take().expect("keyring stdin");
+        stdin
+            .write_all(b"therappai-test-keyring")
+            .expect("write keyring password");
+        keyring
+    }
+
+    /// Kills gnome-keyring: from now on every Secret Service call fails (the bus stays up, and
+    /// nothing can be activated on it).
+    #[track_caller]
+    pub fn stop_keyring(&mut self) {
+        self.keyring.kill().expect("kill gnome-keyring");
+        self.keyring.wait().expect("reap gnome-keyring");
+        wait_until(
+            "the Secret Service to be gone",
+            Duration::from_secs(20),
+            || !self.default_collection_ready(),
+        );
+    }
+
+    /// Starts gnome-keyring again on the same keyring files, unlocked.
+    #[track_caller]
+    pub fn restart_keyring(&mut self) {
+        self.keyring = Self::spawn_keyring(self.dir.path(), &self.address);
+        wait_until(
+            "gnome-keyring's unlocked `login` collection",
+            Duration::from_secs(20),
+            || self.default_collection_ready(),
+        );
     }
 
     fn isolated_env(dir: &Path, address: &str) -> Vec<(String, String)> {

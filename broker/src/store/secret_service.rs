@@ -6,7 +6,7 @@ use crate::secret::RefreshToken;
 use keyring_core::{CredentialStore, Entry};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
 /// How long `Auto` waits for the Secret Service before choosing keyutils (D-Bus activation of
@@ -15,25 +15,35 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an explicit `secret-service` choice waits before failing start-up.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The Secret Service store: one connection, made at open and kept.
+/// The Secret Service store: one connection, made at open and kept; made again when the
+/// Secret Service provider went away and came back (its old session is then gone).
 pub(super) struct SecretServiceStore {
     /// Always `Some` until drop; see the `Drop` impl.
-    store: Option<Arc<CredentialStore>>,
+    connection: Mutex<Option<Arc<CredentialStore>>>,
     service: String,
 }
 
 impl Drop for SecretServiceStore {
     fn drop(&mut self) {
-        // The zbus store owns a tokio runtime, and dropping a runtime from async context
-        // panics. The broker's last handle may go away inside its own runtime (at shutdown),
-        // so the final drop happens on a plain thread.
-        if let Some(store) = self.store.take() {
-            let dropper = std::thread::Builder::new()
-                .name("secret-service-close".into())
-                .spawn(move || drop(store));
-            if let Ok(handle) = dropper {
-                let _ = handle.join();
-            }
+        let last = self
+            .connection
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        close(last);
+    }
+}
+
+/// The zbus store owns a tokio runtime, and dropping a runtime from async context panics. The
+/// broker's last handle may go away inside its own runtime (at shutdown), so the drop happens
+/// on a plain thread.
+fn close(connection: Option<Arc<CredentialStore>>) {
+    if let Some(connection) = connection {
+        let dropper = std::thread::Builder::new()
+            .name("secret-service-close".into())
+            .spawn(move || drop(connection));
+        if let Ok(handle) = dropper {
+            let _ = handle.join();
         }
     }
 }
@@ -53,51 +63,99 @@ impl SecretServiceStore {
         if let Some(missing) = missing_session_bus() {
             return Err(StoreError::NoSessionBus { detail: missing });
         }
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("secret-service-open".into())
-            .spawn(move || {
-                // The receiver may have given up already; then nobody needs the answer.
-                let _ = tx.send(zbus_secret_service_keyring_store::Store::new());
-            })
-            .map_err(|e| StoreError::Backend {
-                backend: Backend::SecretService,
-                op: Op::Open,
-                detail: format!("cannot start the connection thread: {e}"),
-            })?;
-        let store = match rx.recv_timeout(timeout) {
-            Ok(Ok(store)) => store,
-            Ok(Err(e)) => return Err(connect_error(&e)),
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    seconds: timeout.as_secs(),
-                });
-            }
-        };
         Ok(Self {
-            store: Some(store),
+            connection: Mutex::new(Some(connect(timeout)?)),
             service: service.to_owned(),
         })
     }
 
-    fn store(&self, op: &Op) -> Result<&Arc<CredentialStore>, StoreError> {
-        self.store.as_ref().ok_or_else(|| StoreError::Backend {
-            backend: Backend::SecretService,
-            op: op.clone(),
-            detail: "the store was closed".to_owned(),
-        })
+    /// Runs `op` on the connection. When it failed because the connection went stale (the
+    /// provider, e.g. gnome-keyring, restarted and forgot our session), connects again and
+    /// runs it once more, so a keyring restart does not break the broker until its own restart.
+    fn run<T>(
+        &self,
+        op: &Op,
+        call: impl Fn(&Arc<CredentialStore>) -> Result<T, keyring_core::Error>,
+    ) -> Result<T, StoreError> {
+        let current = self.current(op)?;
+        match call(&current) {
+            Err(e) if is_stale(&e) => {
+                tracing::warn!(error = %e, "the Secret Service connection went stale (was the keyring daemon restarted?); reconnecting");
+                let fresh = connect(CONNECT_TIMEOUT)?;
+                let old = self
+                    .connection
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .replace(Arc::clone(&fresh));
+                close(old);
+                call(&fresh).map_err(|e| self.error(op.clone(), e))
+            }
+            result => result.map_err(|e| self.error(op.clone(), e)),
+        }
     }
 
-    fn entry(&self, account: &str, op: &Op) -> Result<Entry, StoreError> {
-        check_account(account)?;
+    fn current(&self, op: &Op) -> Result<Arc<CredentialStore>, StoreError> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Backend {
+                backend: Backend::SecretService,
+                op: op.clone(),
+                detail: "the store was closed".to_owned(),
+            })
+    }
+
+    fn entry(
+        &self,
+        store: &Arc<CredentialStore>,
+        account: &str,
+    ) -> Result<Entry, keyring_core::Error> {
         let label = format!("{} refresh token ({account})", self.service);
         let modifiers = HashMap::from([("label", label.as_str())]);
-        Entry::new_in_store_with_modifiers(self.store(op)?, &self.service, account, &modifiers)
-            .map_err(|e| self.error(op.clone(), e))
+        Entry::new_in_store_with_modifiers(store, &self.service, account, &modifiers)
     }
 
     fn error(&self, op: Op, err: keyring_core::Error) -> StoreError {
         StoreError::from_keyring(Backend::SecretService, &self.service, op, err)
+    }
+}
+
+/// Errors that mean "this connection's session or peer is gone", not "the store refused".
+fn is_stale(err: &keyring_core::Error) -> bool {
+    let detail = err.to_string();
+    [
+        "NoSession",
+        "ServiceUnknown",
+        "UnknownObject",
+        "NoReply",
+        "NameHasNoOwner",
+        "Disconnected",
+    ]
+    .iter()
+    .any(|needle| detail.contains(needle))
+}
+
+/// Connects to the session bus and opens a Secret Service session, giving up after `timeout`.
+fn connect(timeout: Duration) -> Result<Arc<CredentialStore>, StoreError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("secret-service-open".into())
+        .spawn(move || {
+            // The receiver may have given up already; then nobody needs the answer.
+            let _ = tx.send(zbus_secret_service_keyring_store::Store::new());
+        })
+        .map_err(|e| StoreError::Backend {
+            backend: Backend::SecretService,
+            op: Op::Open,
+            detail: format!("cannot start the connection thread: {e}"),
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(e)) => Err(connect_error(&e)),
+        Err(_) => Err(StoreError::Timeout {
+            seconds: timeout.as_secs(),
+        }),
     }
 }
 
@@ -147,42 +205,44 @@ impl Store for SecretServiceStore {
     }
 
     fn load(&self, account: &str) -> Result<Option<RefreshToken>, StoreError> {
-        let op = Op::Load(account.to_owned());
-        match self.entry(account, &op)?.get_password() {
-            Ok(token) => Ok(Some(RefreshToken::new(token))),
-            Err(keyring_core::Error::NoEntry) => Ok(None),
-            Err(e) => Err(self.error(op, e)),
-        }
+        check_account(account)?;
+        self.run(&Op::Load(account.to_owned()), |store| {
+            match self.entry(store, account)?.get_password() {
+                Ok(token) => Ok(Some(RefreshToken::new(token))),
+                Err(keyring_core::Error::NoEntry) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     fn save(&self, account: &str, token: &RefreshToken) -> Result<(), StoreError> {
-        let op = Op::Save(account.to_owned());
-        self.entry(account, &op)?
-            .set_password(token.expose())
-            .map_err(|e| self.error(op, e))
+        check_account(account)?;
+        self.run(&Op::Save(account.to_owned()), |store| {
+            self.entry(store, account)?.set_password(token.expose())
+        })
     }
 
     fn delete(&self, account: &str) -> Result<bool, StoreError> {
-        let op = Op::Delete(account.to_owned());
-        match self.entry(account, &op)?.delete_credential() {
-            Ok(()) => Ok(true),
-            Err(keyring_core::Error::NoEntry) => Ok(false),
-            // Logout must not leave a copy behind: remove every item that matches.
-            Err(keyring_core::Error::Ambiguous(items)) => {
-                for item in items {
-                    item.delete_credential()
-                        .map_err(|e| self.error(op.clone(), e))?;
+        check_account(account)?;
+        self.run(&Op::Delete(account.to_owned()), |store| {
+            match self.entry(store, account)?.delete_credential() {
+                Ok(()) => Ok(true),
+                Err(keyring_core::Error::NoEntry) => Ok(false),
+                // Logout must not leave a copy behind: remove every item that matches.
+                Err(keyring_core::Error::Ambiguous(items)) => {
+                    for item in items {
+                        item.delete_credential()?;
+                    }
+                    Ok(true)
                 }
-                Ok(true)
+                Err(e) => Err(e),
             }
-            Err(e) => Err(self.error(op, e)),
-        }
+        })
     }
 
     fn accounts(&self) -> Result<Vec<String>, StoreError> {
         let spec = HashMap::from([("service", self.service.as_str())]);
-        let found = Entry::search_in_store(self.store(&Op::List)?, &spec)
-            .map_err(|e| self.error(Op::List, e))?;
+        let found = self.run(&Op::List, |store| Entry::search_in_store(store, &spec))?;
         let names: BTreeSet<String> = found
             .iter()
             .filter_map(Entry::get_specifiers)
