@@ -32,6 +32,9 @@ pub struct BrokerOptions {
     /// Make the broker's directory traversable (0711) so processes of other uids can reach
     /// the socket (whose own mode and group then decide).
     pub shared_dir: bool,
+    /// `[store] service`: give two brokers the same one to have them share entries. Default:
+    /// a name unique to this broker.
+    pub store_service: Option<String>,
     /// `[upstream] request_timeout_seconds`.
     pub request_timeout_seconds: u64,
     /// The `[refresh]` section. Tests default to short retry delays so that waiting for a
@@ -48,6 +51,7 @@ impl BrokerOptions {
             revoke_path: None,
             log_level: "debug".to_owned(),
             top_config: String::new(),
+            store_service: None,
             request_timeout_seconds: 5,
             refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\n".to_owned(),
             extra_config: String::new(),
@@ -108,7 +112,10 @@ impl Broker {
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_pem).expect("write CA");
         let socket = dir.path().join("run/broker.sock");
-        let service = unique_name("therappai-broker-test");
+        let service = options
+            .store_service
+            .clone()
+            .unwrap_or_else(|| unique_name("therappai-broker-test"));
         let config_path = dir.path().join("broker.toml");
         let base_config = config_text(&options, &socket, &service, base_url, &ca_file);
         std::fs::write(
