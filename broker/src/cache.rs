@@ -75,6 +75,11 @@ pub struct SlotState {
     pub refresh_due: Option<SystemTime>,
     /// After a failed refresh cycle: no new cycle starts before this time.
     pub next_attempt_at: Option<SystemTime>,
+    /// The store has not been read for this account yet (start-up found it unreadable, e.g. a
+    /// locked keyring): only then may the refresher look there for a token memory lacks. After
+    /// a logout it must not, or a caller queued behind the logout would revive the session
+    /// from the entry the logout is about to delete.
+    pub store_unread: bool,
     /// Whether the current access token has been handed to a caller. The background refresher
     /// only keeps an account warm while someone uses it, so idle accounts cause no traffic.
     pub access_served: bool,
@@ -158,6 +163,7 @@ impl SlotState {
         self.refresh_due = None;
         self.next_attempt_at = None;
         self.access_served = false;
+        self.store_unread = false;
         self.needs_login_reason = None;
         let watchers_notified = self.set_session(next, at, reason);
         EndedSession {
@@ -207,6 +213,7 @@ impl AccountSlot {
                 refresh_due: None,
                 next_attempt_at: None,
                 access_served: false,
+                store_unread: true,
                 last_refresh: None,
                 needs_login_reason: None,
                 epoch: 0,
@@ -219,11 +226,11 @@ impl AccountSlot {
     }
 
     /// The current state and a receiver of every later change (for WatchSession).
-    pub fn subscribe(&self) -> (SessionEvent, broadcast::Receiver<SessionEvent>) {
+    pub fn subscribe(&self, now: SystemTime) -> (SessionEvent, broadcast::Receiver<SessionEvent>) {
         let state = self.state();
         let current = SessionEvent {
             state: state.session,
-            at: SystemTime::now(),
+            at: now,
             reason: state.needs_login_reason.clone().unwrap_or_default(),
         };
         (current, state.events.subscribe())
@@ -278,7 +285,11 @@ impl AccountSlot {
                 token: access.token.duplicate(),
                 expires_at: access.expires_at,
             };
-            state.access_served = true;
+            if !state.access_served {
+                state.access_served = true;
+                // The background refresher keeps a token warm only once it is in use.
+                self.wake.notify_one();
+            }
             Some(served)
         } else {
             None
@@ -370,8 +381,8 @@ mod tests {
     async fn ending_a_session_tells_every_watcher_logged_out() {
         let slot = slot();
         logged_in(&slot);
-        let (current, mut first) = slot.subscribe();
-        let (_, mut second) = slot.subscribe();
+        let (current, mut first) = slot.subscribe(SystemTime::now());
+        let (_, mut second) = slot.subscribe(SystemTime::now());
         assert_eq!(current.state, SessionState::Active);
 
         let ended =

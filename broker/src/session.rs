@@ -77,6 +77,7 @@ impl Sessions {
                     tracing::info!(account, refresh_sha256 = %refresh.fingerprint(), expired, "restored session from the store");
                     state.refresh = Some(refresh);
                     state.refresh_stored = true;
+                    state.store_unread = false;
                     state.generation = 1;
                     state.set_session(
                         SessionState::Active,
@@ -84,7 +85,10 @@ impl Sessions {
                         "restored from the store",
                     );
                 }
-                Ok(None) => tracing::info!(account, "no stored session; logged out"),
+                Ok(None) => {
+                    slot.state().store_unread = false;
+                    tracing::info!(account, "no stored session; logged out");
+                }
                 Err(err) => {
                     tracing::warn!(account, error = %err, "could not read the store; will retry on the next token request")
                 }
@@ -144,6 +148,7 @@ impl Sessions {
                 state.next_attempt_at = None;
                 // Nobody has been given this token yet: it is kept warm once someone is.
                 state.access_served = false;
+                state.store_unread = false;
                 state.needs_login_reason = None;
                 state.set_session(SessionState::Active, now, "logged in");
                 state.wake_scheduler();

@@ -10,6 +10,7 @@ pub const MAX_CALL_ATTEMPTS: u32 = 2;
 
 /// What the app's call says about one attempt.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ApiAnswer<T> {
     /// The API accepted the token; here is the result.
     Done(T),
@@ -19,6 +20,7 @@ pub enum ApiAnswer<T> {
 
 /// Why [`Client::call_with_token`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError<E> {
     /// The broker could not give a token (not logged in, unreachable, ...).
     #[error(transparent)]

@@ -349,3 +349,71 @@ async fn call_with_token_refreshes_and_retries_once_on_a_401() {
         "bounded: one refresh per call"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_expired_on_arrival_are_never_served_nor_refreshed_again_and_again() {
+    // A clock far ahead of therappai's looks like this: every token is already expired.
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
+    let broker = Broker::start(
+        BrokerOptions::new(StoreKind::Keyutils, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
+    broker.login("default", PASSWORD).await;
+    fake.knobs().set_refresh_delay(Duration::from_millis(300));
+    let mut callers = tokio::task::JoinSet::new();
+    let client = broker.client().await;
+    for _ in 0..20 {
+        let mut client = client.clone();
+        callers.spawn(async move { client.access_token("default").await });
+    }
+    while let Some(result) = callers.join_next().await {
+        let err = result.expect("task").expect_err("no usable token exists");
+        assert!(err.to_string().contains("check the clock"), "{err}");
+    }
+    assert_eq!(
+        fake.counters().refresh_calls,
+        1,
+        "one refresh, then the back-off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_queued_behind_a_refresh_cannot_revive_a_logged_out_session() {
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
+    let broker = Broker::start(
+        BrokerOptions::new(StoreKind::Keyutils, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
+    broker.login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    fake.knobs().set_refresh_delay(Duration::from_millis(500));
+    // The first caller's refresh is held at therappai; the second queues behind it.
+    let client = broker.client().await;
+    let mut first = client.clone();
+    let held = tokio::spawn(async move { first.access_token("default").await });
+    wait_until(
+        "the refresh to reach therappai",
+        Duration::from_secs(20),
+        || fake.counters().refresh_calls == 1,
+    );
+    let mut second = client.clone();
+    let queued = tokio::spawn(async move { second.access_token("default").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = broker.ctl(&["logout", "--account", "default"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let first = held.await.expect("task");
+    let second = queued.await.expect("task");
+    assert!(first.is_err(), "the in-flight refresh is dropped");
+    assert!(second.is_err(), "the queued caller gets no token");
+    assert_eq!(
+        fake.counters().refresh_calls,
+        1,
+        "nothing revived the session"
+    );
+    assert!(!broker.store_has_entry("default"));
+    let out = broker.ctl(&["token", "--account", "default"]).await;
+    assert_eq!(out.code, EXIT_NEEDS_LOGIN, "{}", out.stderr);
+}

@@ -25,7 +25,7 @@ pub mod schedule;
 
 pub use background::run_background;
 
-use crate::cache::{AccountSlot, ServedToken, SessionState};
+use crate::cache::{AccountSlot, ServedToken, SessionEvent, SessionState};
 use crate::clock::Clock;
 use crate::config::RefreshConfig;
 use crate::error::BrokerError;
@@ -35,6 +35,7 @@ use crate::store::{StoreError, StoreHandle};
 use crate::upstream::{Refreshed, Upstream, UpstreamError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
 
 /// What the caller of the refresher needs.
 #[derive(Debug, Clone)]
@@ -88,11 +89,25 @@ impl Refresher {
         let slot = Arc::clone(slot);
         let account = slot.config.name.clone();
         // Detached on purpose: see the module doc.
-        let cycle = tokio::spawn(async move { this.obtain_in_flight_slot(&slot, need).await });
-        cycle.await.map_err(|e| BrokerError::UpstreamUnavailable {
-            account,
-            reason: format!("the refresh task failed: {e}"),
-        })?
+        let task_slot = Arc::clone(&slot);
+        let cycle = tokio::spawn(async move { this.obtain_in_flight_slot(&task_slot, need).await });
+        match cycle.await {
+            Ok(result) => result,
+            Err(e) => {
+                // A bug, not an upstream problem: logged here, never sent to the caller (a panic
+                // message is not for clients), and the account is not left `refreshing`.
+                tracing::error!(account, error = %e, "the refresh task failed");
+                let now = self.clock.now();
+                let mut state = slot.state();
+                if state.session() == SessionState::Refreshing {
+                    state.set_session(SessionState::Active, now, "");
+                }
+                Err(BrokerError::UpstreamUnavailable {
+                    account,
+                    reason: "the refresh task failed (see the broker's log)".to_owned(),
+                })
+            }
+        }
     }
 
     async fn obtain_in_flight_slot(
@@ -139,9 +154,9 @@ impl Refresher {
         });
         tracing::debug!(account, refresh_sha256 = %refresh.fingerprint(), ?need, "refreshing access token");
 
-        let result = match self.cycle(account, &refresh).await {
+        let result = match self.cycle(slot, epoch, &refresh).await {
             Err(UpstreamError::TokenNotValid { detail }) => match self
-                .newer_stored_token(slot, &refresh)
+                .newer_stored_token(slot, epoch, &refresh)
                 .await
             {
                 // The store holds a newer generation than the token that was rejected: try
@@ -149,17 +164,21 @@ impl Refresher {
                 Some(newer) => {
                     tracing::info!(account, refresh_sha256 = %newer.fingerprint(), "rejected token was stale; retrying once with the newer stored one");
                     slot.update_if_current(epoch, |state| state.refresh = Some(newer.duplicate()));
-                    self.cycle(account, &newer).await
+                    self.cycle(slot, epoch, &newer).await
                 }
                 None => Err(UpstreamError::TokenNotValid { detail }),
             },
             other => other,
         };
 
+        if slot.epoch() != epoch {
+            // A logout or revoke ended the session during the cycle: nothing it got counts.
+            return Err(match result {
+                Ok(refreshed) => self.discard_stale(slot, refreshed).await,
+                Err(_) => session_ended_error(account),
+            });
+        }
         match result {
-            Ok(refreshed) if slot.epoch() != epoch => {
-                Err(self.discard_stale(slot, refreshed).await)
-            }
             Ok(refreshed) => {
                 let for_caller = !matches!(need, Need::Ahead);
                 self.accept(slot, epoch, refreshed, for_caller).await
@@ -170,8 +189,9 @@ impl Refresher {
             Err(err) => {
                 let now = self.clock.now();
                 let outcome = err.to_string();
-                let next = now + self.config.failure_backoff;
-                tracing::warn!(account, error = %outcome, retry_in_s = self.config.failure_backoff.as_secs(), "refresh cycle failed");
+                let next = schedule::next_attempt(&err, now, &self.config);
+                let retry_in_s = next.duration_since(now).unwrap_or_default().as_secs();
+                tracing::warn!(account, error = %outcome, retry_in_s, "refresh cycle failed");
                 slot.update_if_current(epoch, |state| {
                     state.set_session(SessionState::Active, now, "");
                     state.last_refresh = Some((now, outcome));
@@ -222,23 +242,37 @@ impl Refresher {
     }
 
     /// One refresh cycle: up to `max_attempts` upstream calls, retrying transient failures.
+    /// Stops early (with the last error) when a logout or revoke ends the session: its
+    /// caller must not keep calling therappai for a session that is gone.
     async fn cycle(
         &self,
-        account: &str,
+        slot: &AccountSlot,
+        epoch: u64,
         refresh: &RefreshToken,
     ) -> Result<Refreshed, UpstreamError> {
+        let account = slot.config.name.as_str();
+        let (_, mut events) = slot.subscribe(self.clock.now());
         let mut attempt = 1;
         loop {
-            match self.upstream.refresh(refresh).await {
+            let err = match self.upstream.refresh(refresh).await {
                 Ok(refreshed) => return Ok(refreshed),
-                Err(err) if err.is_transient() && attempt < self.config.max_attempts => {
-                    let delay = schedule::retry_delay(&err, attempt, &self.config, rand::random());
-                    tracing::info!(account, attempt, max_attempts = self.config.max_attempts, delay_ms = delay.as_millis() as u64, error = %err, "refresh attempt failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
+                Err(err) if err.is_transient() && attempt < self.config.max_attempts => err,
                 Err(err) => return Err(err),
+            };
+            let Some(delay) = schedule::retry_delay(&err, attempt, &self.config, rand::random())
+            else {
+                return Err(err); // the server asked for a longer wait than a cycle may take
+            };
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(account, attempt, max_attempts = self.config.max_attempts, delay_ms, error = %err, "refresh attempt failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = session_ended(&mut events) => return Err(err),
             }
+            if slot.epoch() != epoch {
+                return Err(err);
+            }
+            attempt += 1;
         }
     }
 
@@ -259,7 +293,7 @@ impl Refresher {
         // A logout that ran during the store write deletes the entry once this cycle releases
         // the flight slot; here only memory and the caller matter.
         match self.commit(slot, epoch, refreshed, store_result, for_caller) {
-            Ok(served) => Ok(served),
+            Ok(served) => served,
             Err(refreshed) => Err(self.discard_stale(slot, refreshed).await),
         }
     }
@@ -273,7 +307,7 @@ impl Refresher {
         refreshed: Refreshed,
         store_result: Option<Result<(), StoreError>>,
         for_caller: bool,
-    ) -> Result<ServedToken, Refreshed> {
+    ) -> Result<Result<ServedToken, BrokerError>, Refreshed> {
         let account = slot.config.name.as_str();
         let now = self.clock.now();
         let mut state = slot.state();
@@ -304,6 +338,25 @@ impl Refresher {
             }
         }
         let access = refreshed.access;
+        if access.expires_at <= now {
+            // Expired on arrival by this machine's clock (a clock far ahead of therappai's): it
+            // is never served, and the failure back-off keeps callers from refreshing again
+            // and again for tokens that can never be served.
+            let reason = format!(
+                "therappai issued an access token that had already expired by this machine's clock (it expires at {}, the clock says {}); check the clock (`timedatectl status`)",
+                crate::clock::utc_rfc3339(access.expires_at),
+                crate::clock::utc_rfc3339(now)
+            );
+            tracing::error!(account, %reason, "refresh gave an unusable token");
+            state.access = None;
+            state.next_attempt_at = Some(now + self.config.failure_backoff);
+            state.last_refresh = Some((now, reason.clone()));
+            state.set_session(SessionState::Active, now, "");
+            return Ok(Err(BrokerError::UpstreamUnavailable {
+                account: account.to_owned(),
+                reason,
+            }));
+        }
         let access_sha = access.token.fingerprint();
         let due = schedule::refresh_due(
             access.received_at,
@@ -325,7 +378,7 @@ impl Refresher {
         let generation = state.generation;
         drop(state);
         tracing::info!(account, access_sha256 = %access_sha, generation, expires_at = jwt::unix_seconds(served.expires_at), "access token refreshed");
-        Ok(served)
+        Ok(Ok(served))
     }
 
     /// The refresh token from memory; when memory has none, from the store.
@@ -349,22 +402,32 @@ impl Refresher {
             if let Some(refresh) = &state.refresh {
                 return Ok(refresh.duplicate());
             }
+            if !state.store_unread {
+                return Err(BrokerError::NotLoggedIn {
+                    account: account.to_owned(),
+                });
+            }
         }
-        // Nothing in memory: the store may hold one (e.g. it was locked at start-up).
+        // Nothing in memory and the store could not be read at start-up (e.g. it was locked):
+        // it may hold one.
         match self.store.load(account).await {
             Ok(Some(refresh)) => {
                 let now = self.clock.now();
                 slot.update_if_current(epoch, |state| {
                     state.refresh = Some(refresh.duplicate());
                     state.refresh_stored = true;
+                    state.store_unread = false;
                     state.generation = state.generation.max(1);
                     state.set_session(SessionState::Active, now, "loaded from the store");
                 });
                 Ok(refresh)
             }
-            Ok(None) => Err(BrokerError::NotLoggedIn {
-                account: account.to_owned(),
-            }),
+            Ok(None) => {
+                slot.update_if_current(epoch, |state| state.store_unread = false);
+                Err(BrokerError::NotLoggedIn {
+                    account: account.to_owned(),
+                })
+            }
             Err(source) => Err(BrokerError::Store {
                 account: account.to_owned(),
                 source,
@@ -377,8 +440,17 @@ impl Refresher {
     async fn newer_stored_token(
         &self,
         slot: &AccountSlot,
+        epoch: u64,
         rejected: &RefreshToken,
     ) -> Option<RefreshToken> {
+        {
+            let state = slot.state();
+            // When memory holds a token the store does not have yet (a failed write), the
+            // store's is *older*; after a logout it is about to be deleted.
+            if !state.refresh_stored || state.epoch() != epoch {
+                return None;
+            }
+        }
         let stored = self.store.load(&slot.config.name).await.ok().flatten()?;
         (stored != *rejected).then_some(stored)
     }
@@ -420,11 +492,7 @@ impl Refresher {
             let outcome = self.upstream.revoke(rotated).await;
             tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token rotated during the ended session");
         }
-        BrokerError::NeedsLogin {
-            account: account.to_owned(),
-            reason: "the session was logged out or revoked while this request was in flight"
-                .to_owned(),
-        }
+        session_ended_error(account)
     }
 
     /// Retries writing a rotated refresh token that only memory holds.
@@ -452,5 +520,25 @@ impl Refresher {
                 slot.state().store_problem = Some(err.to_string());
             }
         }
+    }
+}
+
+/// Resolves when the session moves to `logged-out` (a logout or revoke).
+async fn session_ended(events: &mut broadcast::Receiver<SessionEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(event) if event.state == SessionState::LoggedOut => return,
+            Err(broadcast::error::RecvError::Closed) => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+        }
+    }
+}
+
+/// What a caller whose request outlived its session (a logout or revoke ran meanwhile) is
+/// told: that it needs a login, and why.
+fn session_ended_error(account: &str) -> BrokerError {
+    BrokerError::NeedsLogin {
+        account: account.to_owned(),
+        reason: "the session was logged out or revoked while this request was in flight".to_owned(),
     }
 }

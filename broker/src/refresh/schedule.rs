@@ -30,27 +30,43 @@ pub fn refresh_due(
 }
 
 /// Delay before retry number `attempt` (1 for the first retry) after `error`: the server's
-/// `Retry-After` when it gave one (capped), else exponential backoff with full jitter
-/// (`draw` in [0, 1)).
+/// `Retry-After` when it gave one, else exponential backoff with full jitter (`draw` in
+/// [0, 1)). `None` when the server asks for more than `retry_after_max`: the cycle then ends
+/// rather than call again sooner than asked, and the failure back-off honours the wait.
 pub fn retry_delay(
     error: &UpstreamError,
     attempt: u32,
     config: &RefreshConfig,
     draw: f64,
-) -> Duration {
+) -> Option<Duration> {
     if let UpstreamError::RateLimited {
         retry_after: Some(after),
     } = error
     {
-        return (*after).min(config.retry_after_max);
+        return (*after <= config.retry_after_max).then_some(*after);
     }
     let exponent = attempt.saturating_sub(1).min(16);
     let ceiling = config
         .backoff_initial
         .saturating_mul(1 << exponent)
         .min(config.backoff_max);
-    ceiling.mul_f64(draw.clamp(0.0, 1.0))
+    Some(ceiling.mul_f64(draw.clamp(0.0, 1.0)))
 }
+
+/// When the next cycle may start after one that failed with `error` at `now`: after
+/// `failure_backoff`, or later if the server asked (Retry-After, capped at an hour).
+pub fn next_attempt(error: &UpstreamError, now: SystemTime, config: &RefreshConfig) -> SystemTime {
+    let asked = match error {
+        UpstreamError::RateLimited {
+            retry_after: Some(after),
+        } => (*after).min(MAX_RETRY_AFTER),
+        _ => Duration::ZERO,
+    };
+    now + config.failure_backoff.max(asked)
+}
+
+/// Longest server-requested wait the broker honours before trying again.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {
@@ -87,21 +103,24 @@ mod tests {
         };
         assert_eq!(
             retry_delay(&unavailable, 1, &config, 1.0),
-            Duration::from_millis(500)
+            Some(Duration::from_millis(500))
         );
         assert_eq!(
             retry_delay(&unavailable, 2, &config, 1.0),
-            Duration::from_millis(1000)
+            Some(Duration::from_millis(1000))
         );
         assert_eq!(
             retry_delay(&unavailable, 3, &config, 0.5),
-            Duration::from_millis(1000)
+            Some(Duration::from_millis(1000))
         );
         assert_eq!(
             retry_delay(&unavailable, 30, &config, 1.0),
-            Duration::from_secs(10)
+            Some(Duration::from_secs(10))
         );
-        assert_eq!(retry_delay(&unavailable, 2, &config, 0.0), Duration::ZERO);
+        assert_eq!(
+            retry_delay(&unavailable, 2, &config, 0.0),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
@@ -112,11 +131,12 @@ mod tests {
         };
         assert_eq!(
             retry_delay(&limited(7), 1, &config, 0.0),
-            Duration::from_secs(7)
+            Some(Duration::from_secs(7))
         );
-        assert_eq!(
-            retry_delay(&limited(3600), 1, &config, 0.0),
-            Duration::from_secs(30)
-        );
+        assert_eq!(retry_delay(&limited(3600), 1, &config, 0.0), None);
+        // ... and after the cycle, the next one waits as long as the server asked.
+        assert_eq!(next_attempt(&limited(3600), t(0), &config), t(3600));
+        assert_eq!(next_attempt(&limited(7), t(0), &config), t(30));
+        assert_eq!(next_attempt(&limited(86_400), t(0), &config), t(3600));
     }
 }

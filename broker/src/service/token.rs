@@ -5,6 +5,7 @@
 
 use super::{BrokerService, session_state};
 use crate::cache::{AccountSlot, SessionEvent};
+use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::jwt::unix_seconds;
 use crate::peer::PeerIdentity;
@@ -117,7 +118,7 @@ impl BrokerService {
             Action::Token { account: &account },
         )?;
         let slot = Arc::clone(self.account_slot(&account)?);
-        let (first, events) = slot.subscribe();
+        let (first, events) = slot.subscribe(self.clock.now());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let watch = Watch {
             slot,
@@ -125,6 +126,7 @@ impl BrokerService {
             policy: Arc::clone(&self.policy),
             tx,
             stop: self.streams_stop.clone(),
+            clock: Arc::clone(&self.clock),
         };
         tokio::spawn(watch.run(first, events));
         Ok(ReceiverStream::new(rx))
@@ -139,6 +141,7 @@ struct Watch {
     policy: Arc<SharedPolicy>,
     tx: mpsc::Sender<Result<pb::SessionEvent, Status>>,
     stop: CancellationToken,
+    clock: Arc<dyn Clock>,
 }
 
 impl Watch {
@@ -154,9 +157,11 @@ impl Watch {
             };
             let sent = match received {
                 Ok(event) => self.send(&event, false).await,
-                // Fell behind: what matters to an app is where the session is now.
+                // Fell behind: what matters to an app is where the session is now, and the
+                // events after it (not the stale ones still queued).
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let (now, _) = self.slot.subscribe();
+                    let (now, fresh) = self.slot.subscribe(self.clock.now());
+                    events = fresh;
                     self.send(&now, true).await
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
@@ -177,12 +182,14 @@ impl Watch {
             Decision::Allow { .. }
         );
         if !allowed {
-            let status = Status::permission_denied(format!(
-                "the broker's policy no longer lets this program ({}) watch account \"{account}\" \
-                 (changed by a config reload); the stream ends",
-                self.peer.describe()
-            ));
-            let _ = self.tx.send(Err(status)).await;
+            let denied = BrokerError::PermissionDenied {
+                message: format!(
+                    "the broker's policy no longer lets this program ({}) watch account \"{account}\" \
+                     (changed by a config reload); the stream ends",
+                    self.peer.describe()
+                ),
+            };
+            self.deliver(Err(Status::from(denied))).await;
             return false;
         }
         let wire = pb::SessionEvent {
@@ -192,7 +199,16 @@ impl Watch {
             reason: event.reason.clone(),
             snapshot,
         };
-        self.tx.send(Ok(wire)).await.is_ok()
+        self.deliver(Ok(wire)).await
+    }
+
+    /// Queues one message for the app; gives up at shutdown, so an app that stopped reading
+    /// (a full stream) cannot hold the broker's shutdown up.
+    async fn deliver(&self, message: Result<pb::SessionEvent, Status>) -> bool {
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            sent = self.tx.send(message) => sent.is_ok(),
+        }
     }
 }
 
