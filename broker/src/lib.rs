@@ -162,14 +162,21 @@ impl Daemon {
                 shutdown.child_token(),
             ));
         }
+        let service_refresher = Arc::clone(&service.refresher);
         let incoming = listener::incoming(listener);
         let stop = shutdown.clone();
         let server = tonic::transport::Server::builder()
             .add_service(BrokerServer::new(service))
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tokio::pin!(server);
+        let refresher = Arc::clone(&service_refresher);
         let result = tokio::select! {
-            result = &mut server => result,
+            result = async {
+                let result = (&mut server).await;
+                // A refresh cycle in flight finishes (and stores a rotated token) first.
+                refresher.finish_cycles().await;
+                result
+            } => result,
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(config.shutdown_grace).await;

@@ -417,3 +417,32 @@ async fn a_caller_queued_behind_a_refresh_cannot_revive_a_logged_out_session() {
     let out = broker.ctl(&["token", "--account", "default"]).await;
     assert_eq!(out.code, EXIT_NEEDS_LOGIN, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_refresh_in_flight_at_shutdown_is_finished_and_stored() {
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
+    fake.knobs().set_rotation(true);
+    let mut broker = logged_in(&fake, BrokerOptions::new(StoreKind::Keyutils, EMAIL)).await;
+    // therappai rotates at once (blacklisting the stored token) but answers late.
+    fake.knobs()
+        .set_refresh_reply_delay(Duration::from_millis(800));
+    let mut client = broker.client().await;
+    let waiting = tokio::spawn(async move { client.access_token("default").await });
+    wait_until(
+        "the refresh to reach therappai",
+        Duration::from_secs(20),
+        || fake.counters().refresh_calls == 1,
+    );
+    // The caller gives up (so no request holds the server open), then SIGTERM arrives while
+    // therappai is rotating: the broker lets the detached cycle store the new token.
+    waiting.abort();
+    let _ = waiting.await;
+    broker.restart();
+    fake.knobs().set_refresh_reply_delay(Duration::ZERO);
+    broker.token("default").await;
+    assert_eq!(
+        fake.counters().refresh_rejected,
+        0,
+        "the rotated token reached the store before the broker stopped"
+    );
+}

@@ -36,6 +36,7 @@ use crate::upstream::{Refreshed, Upstream, UpstreamError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
 
 /// What the caller of the refresher needs.
 #[derive(Debug, Clone)]
@@ -62,6 +63,9 @@ pub struct Refresher {
     store: StoreHandle,
     clock: Arc<dyn Clock>,
     config: RefreshConfig,
+    /// The detached cycles, so shutdown can let them finish (a rotation half done at
+    /// therappai must reach the store).
+    cycles: TaskTracker,
 }
 
 impl Refresher {
@@ -76,7 +80,14 @@ impl Refresher {
             store,
             clock,
             config,
+            cycles: TaskTracker::new(),
         }
+    }
+
+    /// Resolves once no refresh cycle is running (shutdown waits on it, within its grace).
+    pub async fn finish_cycles(&self) {
+        self.cycles.close();
+        self.cycles.wait().await;
     }
 
     /// A token for `slot` that satisfies `need`, refreshing if the cache cannot answer.
@@ -90,7 +101,9 @@ impl Refresher {
         let account = slot.config.name.clone();
         // Detached on purpose: see the module doc.
         let task_slot = Arc::clone(&slot);
-        let cycle = tokio::spawn(async move { this.obtain_in_flight_slot(&task_slot, need).await });
+        let cycle = self
+            .cycles
+            .spawn(async move { this.obtain_in_flight_slot(&task_slot, need).await });
         match cycle.await {
             Ok(result) => result,
             Err(e) => {
