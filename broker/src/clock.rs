@@ -21,29 +21,13 @@ impl Clock for SystemClock {
 }
 
 /// `2024-05-01T12:34:56Z`: a wall-clock instant for messages a human reads (UTC, whole
-/// seconds). Instants before 1970 print as the epoch.
+/// seconds). Instants outside 1970..=9999 (a token's `exp` comes from outside) are clamped
+/// rather than allowed to fail formatting.
 pub fn utc_rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    // 9999-12-31T23:59:59Z, the last instant RFC 3339 can write.
+    let last = std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799);
+    let t = t.clamp(std::time::UNIX_EPOCH, last);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]
@@ -58,5 +42,7 @@ mod tests {
         assert_eq!(utc_rfc3339(t), "2024-02-29T12:34:56Z");
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc_rfc3339(t), "2000-02-29T00:00:00Z");
+        let far = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 1000);
+        assert_eq!(utc_rfc3339(far), "9999-12-31T23:59:59Z");
     }
 }
