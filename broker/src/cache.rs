@@ -187,6 +187,9 @@ pub struct AccountSlot {
     /// The single-flight slot: held while a refresh, login or logout of this account is in
     /// flight, so at most one of them talks to the upstream at a time.
     pub flight: tokio::sync::Mutex<()>,
+    /// Woken (all waiters) each time a refresh cycle ends, so callers that waited for it read
+    /// its result from the cache together instead of taking the flight slot one by one.
+    pub cycle_done: Notify,
     wake: Arc<Notify>,
 }
 
@@ -221,6 +224,7 @@ impl AccountSlot {
                 wake: Arc::clone(&wake),
             }),
             flight: tokio::sync::Mutex::new(()),
+            cycle_done: Notify::new(),
             wake,
         }
     }

@@ -128,7 +128,12 @@ impl Refresher {
         slot: &AccountSlot,
         need: Need,
     ) -> Result<ServedToken, BrokerError> {
-        let _flight = slot.flight.lock().await;
+        let _flight = match self.wait_for_cycle(slot, &need).await {
+            Ok(flight) => flight,
+            Err(served) => return Ok(served),
+        };
+        // Declared after the guard, so dropped before it: waiters hear the cycle ended.
+        let _done = CycleDone(&slot.cycle_done);
         // Read before the token, so a logout that wipes it after this point is noticed.
         let epoch = slot.epoch();
         let now = self.clock.now();
@@ -213,6 +218,31 @@ impl Refresher {
                 Err(BrokerError::from_upstream(account, err))
             }
         }
+    }
+
+    /// Takes the flight slot. When a cycle holds it and ends first, answers from its result if
+    /// that serves `need` (every waiter at once, instead of one by one through the slot), and
+    /// queues for the slot only when it does not.
+    async fn wait_for_cycle<'a>(
+        &self,
+        slot: &'a AccountSlot,
+        need: &Need,
+    ) -> Result<tokio::sync::MutexGuard<'a, ()>, ServedToken> {
+        // Registered before the slot is tried, so the end of the cycle cannot be missed.
+        let done = slot.cycle_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        // The slot may be held by a login or logout too, which end no cycle: whichever comes
+        // first, the slot or the end of a cycle.
+        tokio::select! {
+            biased;
+            () = &mut done => {}
+            flight = slot.flight.lock() => return Ok(flight),
+        }
+        if let Some(served) = self.answer_from_cache(slot, need, self.clock.now()) {
+            return Err(served);
+        }
+        Ok(slot.flight.lock().await)
     }
 
     fn answer_from_cache(
@@ -553,5 +583,14 @@ fn session_ended_error(account: &str) -> BrokerError {
     BrokerError::NeedsLogin {
         account: account.to_owned(),
         reason: "the session was logged out or revoked while this request was in flight".to_owned(),
+    }
+}
+
+/// Wakes every caller waiting for the end of a cycle when dropped (whatever way it ended).
+struct CycleDone<'a>(&'a tokio::sync::Notify);
+
+impl Drop for CycleDone<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
     }
 }
