@@ -19,9 +19,16 @@ async fn fake() -> FakeTherappai {
     fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await
 }
 
-async fn logged_in(fake: &FakeTherappai, options: BrokerOptions) -> Broker {
+/// A broker logged in to `fake`, whose login token is already expired.
+async fn started(fake: &FakeTherappai, options: BrokerOptions) -> Broker {
     let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
     broker.login("default", PASSWORD).await;
+    broker
+}
+
+/// As [`started`], with therappai issuing 5-minute tokens from now on.
+async fn logged_in(fake: &FakeTherappai, options: BrokerOptions) -> Broker {
+    let broker = started(fake, options).await;
     fake.knobs().set_access_lifetime(Duration::from_secs(300));
     broker
 }
@@ -353,13 +360,8 @@ async fn call_with_token_refreshes_and_retries_once_on_a_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_expired_on_arrival_are_never_served_nor_refreshed_again_and_again() {
     // A clock far ahead of therappai's looks like this: every token is already expired.
-    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
-    let broker = Broker::start(
-        BrokerOptions::new(StoreKind::Keyutils, EMAIL),
-        &fake.base_url(),
-        &fake.ca_pem(),
-    );
-    broker.login("default", PASSWORD).await;
+    let fake = fake().await;
+    let broker = started(&fake, BrokerOptions::new(StoreKind::Keyutils, EMAIL)).await;
     fake.knobs().set_refresh_delay(Duration::from_millis(300));
     let mut callers = tokio::task::JoinSet::new();
     let client = broker.client().await;
@@ -380,14 +382,8 @@ async fn tokens_expired_on_arrival_are_never_served_nor_refreshed_again_and_agai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_queued_behind_a_refresh_cannot_revive_a_logged_out_session() {
-    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
-    let broker = Broker::start(
-        BrokerOptions::new(StoreKind::Keyutils, EMAIL),
-        &fake.base_url(),
-        &fake.ca_pem(),
-    );
-    broker.login("default", PASSWORD).await;
-    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    let fake = fake().await;
+    let broker = logged_in(&fake, BrokerOptions::new(StoreKind::Keyutils, EMAIL)).await;
     fake.knobs().set_refresh_delay(Duration::from_millis(500));
     // The first caller's refresh is held at therappai; the second queues behind it.
     let client = broker.client().await;
@@ -420,7 +416,7 @@ async fn a_caller_queued_behind_a_refresh_cannot_revive_a_logged_out_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotating_refresh_in_flight_at_shutdown_is_finished_and_stored() {
-    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
+    let fake = fake().await;
     fake.knobs().set_rotation(true);
     let mut broker = logged_in(&fake, BrokerOptions::new(StoreKind::Keyutils, EMAIL)).await;
     // therappai rotates at once (blacklisting the stored token) but answers late.
