@@ -173,8 +173,13 @@ impl Daemon {
         let result = tokio::select! {
             result = async {
                 let result = (&mut server).await;
-                // A refresh cycle in flight finishes (and stores a rotated token) first.
-                refresher.finish_cycles().await;
+                // A refresh cycle in flight finishes (and stores a rotated token) first, within
+                // the grace (also when the server ended on its own, before any signal).
+                let drained =
+                    tokio::time::timeout(config.shutdown_grace, refresher.finish_cycles()).await;
+                if drained.is_err() {
+                    tracing::warn!(grace = ?config.shutdown_grace, "a refresh cycle did not finish within the grace period; stopping anyway");
+                }
                 result
             } => result,
             () = async {

@@ -75,7 +75,7 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let socket = config.socket.clone();
         let daemon = Daemon::start(config)
             .await
@@ -88,8 +88,15 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         ));
         daemon.serve(shutdown).await.context("serve gRPC")?;
         anyhow::Ok(())
-    })
+    });
+    // A store call stuck in a blocking thread (e.g. behind a keyring unlock prompt nobody
+    // answers) must not keep the process alive after serve returned.
+    runtime.shutdown_timeout(BLOCKING_EXIT_GRACE);
+    result
 }
+
+/// How long exiting waits for blocking store calls still running after serving stopped.
+const BLOCKING_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// SIGTERM or SIGINT → one shutdown signal for every task; SIGHUP → reload the policy.
 async fn forward_signals(shutdown: CancellationToken, reloader: Reloader, config_path: PathBuf) {

@@ -297,6 +297,13 @@ impl Refresher {
         let (_, mut events) = slot.subscribe(self.clock.now());
         let mut attempt = 1;
         loop {
+            // Also before the first call: a logout may have come between the epoch read and
+            // the subscription above.
+            if slot.epoch() != epoch {
+                return Err(UpstreamError::Unavailable {
+                    reason: "the session ended".to_owned(),
+                });
+            }
             let err = match self.upstream.refresh(refresh).await {
                 Ok(refreshed) => return Ok(refreshed),
                 Err(err) if err.is_transient() && attempt < self.config.max_attempts => err,
@@ -456,14 +463,17 @@ impl Refresher {
         match self.store.load(account).await {
             Ok(Some(refresh)) => {
                 let now = self.clock.now();
-                slot.update_if_current(epoch, |state| {
+                let current = slot.update_if_current(epoch, |state| {
                     state.refresh = Some(refresh.duplicate());
                     state.refresh_stored = true;
                     state.store_unread = false;
                     state.generation = state.generation.max(1);
                     state.set_session(SessionState::Active, now, "loaded from the store");
                 });
-                Ok(refresh)
+                // A logout or revoke ran while the store was read: that token is not ours now.
+                current
+                    .map(|()| refresh)
+                    .ok_or_else(|| session_ended_error(account))
             }
             Ok(None) => {
                 slot.update_if_current(epoch, |state| state.store_unread = false);
@@ -495,7 +505,8 @@ impl Refresher {
             }
         }
         let stored = self.store.load(&slot.config.name).await.ok().flatten()?;
-        (stored != *rejected).then_some(stored)
+        // The read may have waited (an unlock prompt): the session must still stand.
+        (stored != *rejected && slot.epoch() == epoch).then_some(stored)
     }
 
     /// The upstream rejected `refresh` for good: delete it and stop.

@@ -122,15 +122,22 @@ impl SecretServiceStore {
 }
 
 /// Errors that mean "this connection's session or peer is gone", not "the store refused".
+/// Only platform errors are looked at: they carry D-Bus error names, never item data.
 fn is_stale(err: &keyring_core::Error) -> bool {
-    let detail = err.to_string();
+    let (keyring_core::Error::PlatformFailure(inner) | keyring_core::Error::NoStorageAccess(inner)) =
+        err
+    else {
+        return false;
+    };
+    let detail = inner.to_string();
     [
         "NoSession",
         "ServiceUnknown",
         "UnknownObject",
-        "NoReply",
         "NameHasNoOwner",
         "Disconnected",
+        "Broken pipe",
+        "Connection reset",
     ]
     .iter()
     .any(|needle| detail.contains(needle))
