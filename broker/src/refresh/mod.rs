@@ -18,24 +18,28 @@
 //!   account's session epoch at once (see `cache.rs`), and a cycle that started under an older
 //!   epoch drops its result instead of caching or serving it (a rotated token is revoked).
 //!
-//! Never logs a token; logs carry fingerprints.
+//! Never logs a token; logs carry fingerprints. Here: who runs a cycle and who waits for
+//! it; `cycle.rs` makes the upstream attempts, `outcome.rs` applies the result, [`schedule`]
+//! says when, and `background.rs` keeps tokens in use warm.
 
 mod background;
+mod cycle;
+mod outcome;
 pub mod schedule;
 
 pub use background::run_background;
 
-use crate::cache::{AccountSlot, ServedToken, SessionEvent, SessionState};
+use outcome::session_ended_error;
+
+use crate::cache::{AccountSlot, ServedToken, SessionState};
 use crate::clock::Clock;
 use crate::config::RefreshConfig;
 use crate::error::BrokerError;
-use crate::jwt;
 use crate::secret::RefreshToken;
-use crate::store::{StoreError, StoreHandle};
-use crate::upstream::{Refreshed, Upstream, UpstreamError};
+use crate::store::StoreHandle;
+use crate::upstream::{Upstream, UpstreamError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
 /// What the caller of the refresher needs.
@@ -284,153 +288,6 @@ impl Refresher {
         }
     }
 
-    /// One refresh cycle: up to `max_attempts` upstream calls, retrying transient failures.
-    /// Stops early (with the last error) when a logout or revoke ends the session: its
-    /// caller must not keep calling therappai for a session that is gone.
-    async fn cycle(
-        &self,
-        slot: &AccountSlot,
-        epoch: u64,
-        refresh: &RefreshToken,
-    ) -> Result<Refreshed, UpstreamError> {
-        let account = slot.config.name.as_str();
-        let (_, mut events) = slot.subscribe(self.clock.now());
-        let mut attempt = 1;
-        loop {
-            // Also before the first call: a logout may have come between the epoch read and
-            // the subscription above.
-            if slot.epoch() != epoch {
-                return Err(UpstreamError::Unavailable {
-                    reason: "the session ended".to_owned(),
-                });
-            }
-            let err = match self.upstream.refresh(refresh).await {
-                Ok(refreshed) => return Ok(refreshed),
-                Err(err) if err.is_transient() && attempt < self.config.max_attempts => err,
-                Err(err) => return Err(err),
-            };
-            let Some(delay) = schedule::retry_delay(&err, attempt, &self.config, rand::random())
-            else {
-                return Err(err); // the server asked for a longer wait than a cycle may take
-            };
-            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            tracing::info!(account, attempt, max_attempts = self.config.max_attempts, delay_ms, error = %err, "refresh attempt failed; retrying");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = session_ended(&mut events) => return Err(err),
-            }
-            if slot.epoch() != epoch {
-                return Err(err);
-            }
-            attempt += 1;
-        }
-    }
-
-    /// Stores a rotated refresh token first, then caches the access token and serves it
-    /// (unless a logout or revoke ended the session meanwhile).
-    async fn accept(
-        &self,
-        slot: &AccountSlot,
-        epoch: u64,
-        refreshed: Refreshed,
-        for_caller: bool,
-    ) -> Result<ServedToken, BrokerError> {
-        let account = slot.config.name.as_str();
-        let store_result = match &refreshed.rotated {
-            Some(rotated) => Some(self.store.save(account, rotated).await),
-            None => None,
-        };
-        // A logout that ran during the store write deletes the entry once this cycle releases
-        // the flight slot; here only memory and the caller matter.
-        match self.commit(slot, epoch, refreshed, store_result, for_caller) {
-            Ok(served) => served,
-            Err(refreshed) => Err(self.discard_stale(slot, refreshed).await),
-        }
-    }
-
-    /// Puts a refresh's result in memory, in one critical section with the epoch check;
-    /// hands the result back when the session it belongs to has ended.
-    fn commit(
-        &self,
-        slot: &AccountSlot,
-        epoch: u64,
-        refreshed: Refreshed,
-        store_result: Option<Result<(), StoreError>>,
-        for_caller: bool,
-    ) -> Result<Result<ServedToken, BrokerError>, Refreshed> {
-        let account = slot.config.name.as_str();
-        let now = self.clock.now();
-        let mut state = slot.state();
-        if state.epoch() != epoch {
-            return Err(refreshed);
-        }
-        if let Some(rotated) = refreshed.rotated {
-            tracing::info!(
-                account,
-                old_refresh_sha256 = %state.refresh.as_ref().map(|r| r.fingerprint()).unwrap_or_default(),
-                new_refresh_sha256 = %rotated.fingerprint(),
-                generation = state.generation + 1,
-                stored = matches!(store_result, Some(Ok(()))),
-                "refresh token rotated"
-            );
-            state.refresh = Some(rotated);
-            state.generation += 1;
-            match store_result {
-                Some(Err(err)) => {
-                    tracing::error!(account, error = %err, "could not store the rotated refresh token; keeping it in memory and retrying the write");
-                    state.refresh_stored = false;
-                    state.store_problem = Some(err.to_string());
-                }
-                _ => {
-                    state.refresh_stored = true;
-                    state.store_problem = None;
-                }
-            }
-        }
-        let access = refreshed.access;
-        if access.expires_at <= now {
-            // Expired on arrival by this machine's clock (a clock far ahead of therappai's): it
-            // is never served, and the failure back-off keeps callers from refreshing again
-            // and again for tokens that can never be served.
-            let reason = format!(
-                "therappai issued an access token that had already expired by this machine's clock (it expires at {}, the clock says {}); check the clock (`timedatectl status`)",
-                crate::clock::utc_rfc3339(access.expires_at),
-                crate::clock::utc_rfc3339(now)
-            );
-            tracing::error!(account, %reason, "refresh gave an unusable token");
-            state.access = None;
-            state.next_attempt_at = Some(now + self.config.failure_backoff);
-            state.last_refresh = Some((now, reason.clone()));
-            state.set_session(SessionState::Active, now, "");
-            return Ok(Err(BrokerError::UpstreamUnavailable {
-                account: account.to_owned(),
-                reason,
-            }));
-        }
-        let access_sha = access.token.fingerprint();
-        let due = schedule::refresh_due(
-            access.received_at,
-            access.expires_at,
-            self.config.ahead_share,
-            rand::random(),
-        );
-        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
-        let served = ServedToken {
-            token: access.token.duplicate(),
-            expires_at: access.expires_at,
-        };
-        state.access = Some(access);
-        state.access_served = for_caller;
-        state.next_attempt_at = None;
-        state.last_refresh = Some((now, "ok".to_owned()));
-        state.set_session(SessionState::Active, now, "");
-        state.wake_scheduler();
-        let generation = state.generation;
-        drop(state);
-        tracing::info!(account, access_sha256 = %access_sha, generation, expires_at = jwt::unix_seconds(served.expires_at), "access token refreshed");
-        Ok(Ok(served))
-    }
-
     /// The refresh token from memory; when memory has none, from the store.
     async fn current_refresh_token(
         &self,
@@ -507,93 +364,6 @@ impl Refresher {
         let stored = self.store.load(&slot.config.name).await.ok().flatten()?;
         // The read may have waited (an unlock prompt): the session must still stand.
         (stored != *rejected && slot.epoch() == epoch).then_some(stored)
-    }
-
-    /// The upstream rejected `refresh` for good: delete it and stop.
-    async fn end_session(
-        &self,
-        slot: &AccountSlot,
-        epoch: u64,
-        refresh: &RefreshToken,
-        detail: String,
-    ) -> BrokerError {
-        let account = slot.config.name.as_str();
-        let reason = format!("therappai rejected the refresh token: {detail}");
-        tracing::warn!(account, refresh_sha256 = %refresh.fingerprint(), %reason, "session ended; a new login is needed");
-        if let Err(err) = self.store.delete(account).await {
-            tracing::error!(account, error = %err, "could not delete the rejected refresh token from the store");
-        }
-        let now = self.clock.now();
-        // After a logout during this cycle the account stays logged-out.
-        slot.update_if_current(epoch, |state| {
-            state.needs_login_reason = Some(reason.clone());
-            state.last_refresh = Some((now, reason.clone()));
-            state.clear(SessionState::NeedsLogin, now, &reason);
-        });
-        BrokerError::NeedsLogin {
-            account: account.to_owned(),
-            reason,
-        }
-    }
-
-    /// A logout or revoke ended the session while this cycle was in flight: nothing it got
-    /// is stored, cached or served, and a rotated refresh token is revoked (best effort) so
-    /// the ended session cannot live on upstream.
-    async fn discard_stale(&self, slot: &AccountSlot, refreshed: Refreshed) -> BrokerError {
-        let account = slot.config.name.as_str();
-        tracing::warn!(account, access_sha256 = %refreshed.access.token.fingerprint(), "the session ended during this refresh; its result is dropped");
-        if let Some(rotated) = &refreshed.rotated {
-            let outcome = self.upstream.revoke(rotated).await;
-            tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token rotated during the ended session");
-        }
-        session_ended_error(account)
-    }
-
-    /// Retries writing a rotated refresh token that only memory holds.
-    pub async fn retry_store_write(&self, slot: &AccountSlot) {
-        let _flight = slot.flight.lock().await;
-        let account = slot.config.name.as_str();
-        let pending = {
-            let state = slot.state();
-            match (&state.store_problem, &state.refresh) {
-                (Some(_), Some(refresh)) => refresh.duplicate(),
-                _ => return,
-            }
-        };
-        match self.store.save(account, &pending).await {
-            Ok(()) => {
-                tracing::info!(account, "the rotated refresh token is now in the store");
-                let mut state = slot.state();
-                if state.refresh.as_ref() == Some(&pending) {
-                    state.refresh_stored = true;
-                    state.store_problem = None;
-                }
-            }
-            Err(err) => {
-                tracing::warn!(account, error = %err, "the rotated refresh token is still not in the store; will retry");
-                slot.state().store_problem = Some(err.to_string());
-            }
-        }
-    }
-}
-
-/// Resolves when the session moves to `logged-out` (a logout or revoke).
-async fn session_ended(events: &mut broadcast::Receiver<SessionEvent>) {
-    loop {
-        match events.recv().await {
-            Ok(event) if event.state == SessionState::LoggedOut => return,
-            Err(broadcast::error::RecvError::Closed) => return,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-        }
-    }
-}
-
-/// What a caller whose request outlived its session (a logout or revoke ran meanwhile) is
-/// told: that it needs a login, and why.
-fn session_ended_error(account: &str) -> BrokerError {
-    BrokerError::NeedsLogin {
-        account: account.to_owned(),
-        reason: "the session was logged out or revoked while this request was in flight".to_owned(),
     }
 }
 

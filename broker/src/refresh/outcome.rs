@@ -1,0 +1,198 @@
+//! What a cycle's result does to the account: a rotated token to the store first, then the
+//! access token to the cache and the caller; or the session ends (rejected token), or the
+//! result is dropped (a logout or revoke ran meanwhile).
+
+use super::{MIN_AHEAD_INTERVAL, Refresher, schedule};
+use crate::cache::{AccountSlot, ServedToken, SessionState};
+use crate::error::BrokerError;
+use crate::jwt;
+use crate::secret::RefreshToken;
+use crate::store::StoreError;
+use crate::upstream::Refreshed;
+
+impl Refresher {
+    /// Stores a rotated refresh token first, then caches the access token and serves it
+    /// (unless a logout or revoke ended the session meanwhile).
+    pub(super) async fn accept(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        refreshed: Refreshed,
+        for_caller: bool,
+    ) -> Result<ServedToken, BrokerError> {
+        let account = slot.config.name.as_str();
+        let store_result = match &refreshed.rotated {
+            Some(rotated) => Some(self.store.save(account, rotated).await),
+            None => None,
+        };
+        // A logout that ran during the store write deletes the entry once this cycle releases
+        // the flight slot; here only memory and the caller matter.
+        match self.commit(slot, epoch, refreshed, store_result, for_caller) {
+            Ok(served) => served,
+            Err(refreshed) => Err(self.discard_stale(slot, refreshed).await),
+        }
+    }
+
+    /// Puts a refresh's result in memory, in one critical section with the epoch check;
+    /// hands the result back when the session it belongs to has ended.
+    fn commit(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        refreshed: Refreshed,
+        store_result: Option<Result<(), StoreError>>,
+        for_caller: bool,
+    ) -> Result<Result<ServedToken, BrokerError>, Refreshed> {
+        let account = slot.config.name.as_str();
+        let now = self.clock.now();
+        let mut state = slot.state();
+        if state.epoch() != epoch {
+            return Err(refreshed);
+        }
+        if let Some(rotated) = refreshed.rotated {
+            tracing::info!(
+                account,
+                old_refresh_sha256 = %state.refresh.as_ref().map(|r| r.fingerprint()).unwrap_or_default(),
+                new_refresh_sha256 = %rotated.fingerprint(),
+                generation = state.generation + 1,
+                stored = matches!(store_result, Some(Ok(()))),
+                "refresh token rotated"
+            );
+            state.refresh = Some(rotated);
+            state.generation += 1;
+            match store_result {
+                Some(Err(err)) => {
+                    tracing::error!(account, error = %err, "could not store the rotated refresh token; keeping it in memory and retrying the write");
+                    state.refresh_stored = false;
+                    state.store_problem = Some(err.to_string());
+                }
+                _ => {
+                    state.refresh_stored = true;
+                    state.store_problem = None;
+                }
+            }
+        }
+        let access = refreshed.access;
+        if access.expires_at <= now {
+            // Expired on arrival by this machine's clock (a clock far ahead of therappai's): it
+            // is never served, and the failure back-off keeps callers from refreshing again
+            // and again for tokens that can never be served.
+            let reason = format!(
+                "therappai issued an access token that had already expired by this machine's clock (it expires at {}, the clock says {}); check the clock (`timedatectl status`)",
+                crate::clock::utc_rfc3339(access.expires_at),
+                crate::clock::utc_rfc3339(now)
+            );
+            tracing::error!(account, %reason, "refresh gave an unusable token");
+            state.access = None;
+            state.next_attempt_at = Some(now + self.config.failure_backoff);
+            state.last_refresh = Some((now, reason.clone()));
+            state.set_session(SessionState::Active, now, "");
+            return Ok(Err(BrokerError::UpstreamUnavailable {
+                account: account.to_owned(),
+                reason,
+            }));
+        }
+        let access_sha = access.token.fingerprint();
+        let due = schedule::refresh_due(
+            access.received_at,
+            access.expires_at,
+            self.config.ahead_share,
+            rand::random(),
+        );
+        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
+        let served = ServedToken {
+            token: access.token.duplicate(),
+            expires_at: access.expires_at,
+        };
+        state.access = Some(access);
+        state.access_served = for_caller;
+        state.next_attempt_at = None;
+        state.last_refresh = Some((now, "ok".to_owned()));
+        state.set_session(SessionState::Active, now, "");
+        state.wake_scheduler();
+        let generation = state.generation;
+        drop(state);
+        tracing::info!(account, access_sha256 = %access_sha, generation, expires_at = jwt::unix_seconds(served.expires_at), "access token refreshed");
+        Ok(Ok(served))
+    }
+
+    /// The upstream rejected `refresh` for good: delete it and stop.
+    pub(super) async fn end_session(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        refresh: &RefreshToken,
+        detail: String,
+    ) -> BrokerError {
+        let account = slot.config.name.as_str();
+        let reason = format!("therappai rejected the refresh token: {detail}");
+        tracing::warn!(account, refresh_sha256 = %refresh.fingerprint(), %reason, "session ended; a new login is needed");
+        if let Err(err) = self.store.delete(account).await {
+            tracing::error!(account, error = %err, "could not delete the rejected refresh token from the store");
+        }
+        let now = self.clock.now();
+        // After a logout during this cycle the account stays logged-out.
+        slot.update_if_current(epoch, |state| {
+            state.needs_login_reason = Some(reason.clone());
+            state.last_refresh = Some((now, reason.clone()));
+            state.clear(SessionState::NeedsLogin, now, &reason);
+        });
+        BrokerError::NeedsLogin {
+            account: account.to_owned(),
+            reason,
+        }
+    }
+
+    /// A logout or revoke ended the session while this cycle was in flight: nothing it got
+    /// is stored, cached or served, and a rotated refresh token is revoked (best effort) so
+    /// the ended session cannot live on upstream.
+    pub(super) async fn discard_stale(
+        &self,
+        slot: &AccountSlot,
+        refreshed: Refreshed,
+    ) -> BrokerError {
+        let account = slot.config.name.as_str();
+        tracing::warn!(account, access_sha256 = %refreshed.access.token.fingerprint(), "the session ended during this refresh; its result is dropped");
+        if let Some(rotated) = &refreshed.rotated {
+            let outcome = self.upstream.revoke(rotated).await;
+            tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token rotated during the ended session");
+        }
+        session_ended_error(account)
+    }
+
+    /// Retries writing a rotated refresh token that only memory holds.
+    pub async fn retry_store_write(&self, slot: &AccountSlot) {
+        let _flight = slot.flight.lock().await;
+        let account = slot.config.name.as_str();
+        let pending = {
+            let state = slot.state();
+            match (&state.store_problem, &state.refresh) {
+                (Some(_), Some(refresh)) => refresh.duplicate(),
+                _ => return,
+            }
+        };
+        match self.store.save(account, &pending).await {
+            Ok(()) => {
+                tracing::info!(account, "the rotated refresh token is now in the store");
+                let mut state = slot.state();
+                if state.refresh.as_ref() == Some(&pending) {
+                    state.refresh_stored = true;
+                    state.store_problem = None;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(account, error = %err, "the rotated refresh token is still not in the store; will retry");
+                slot.state().store_problem = Some(err.to_string());
+            }
+        }
+    }
+}
+
+/// What a caller whose request outlived its session (a logout or revoke ran meanwhile) is
+/// told: that it needs a login, and why.
+pub(super) fn session_ended_error(account: &str) -> BrokerError {
+    BrokerError::NeedsLogin {
+        account: account.to_owned(),
+        reason: "the session was logged out or revoked while this request was in flight".to_owned(),
+    }
+}
