@@ -3,7 +3,7 @@
 //! Handlers translate between wire messages and the broker's types; errors become
 //! `tonic::Status` only through `error.rs`. Every grant, denial and admin action is one event
 //! on the `audit` tracing target. Nothing here logs a token or a password. Logout, device
-//! logout and revoke are in [`end`].
+//! logout and revoke are in `service/end.rs`.
 
 mod end;
 mod token;

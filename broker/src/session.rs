@@ -2,7 +2,7 @@
 //! status snapshot.
 //!
 //! Login takes the account's flight slot, so it never interleaves with a refresh of the same
-//! account. Logout and revoke (in [`end`]) first end the session epoch — at once, without
+//! account. Logout and revoke (in `session/end.rs`) first end the session epoch — at once, without
 //! waiting for a refresh in flight — and then take the flight slot for the upstream and store
 //! steps. The store is touched only here (load, login, logout) and by the refresher (rotation,
 //! rejection). Never logs a token or a password.
