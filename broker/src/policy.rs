@@ -226,22 +226,35 @@ fn admin_snippet(uids: &[u32], groups: &[GroupRef]) -> String {
 }
 
 /// The policy in force, swapped whole on reload (SIGHUP): each call reads one consistent
-/// snapshot and the next call sees the new rules.
+/// snapshot and the next call sees the new rules. Long-lived streams subscribe to reloads, so
+/// a right taken away ends them at once.
 #[derive(Debug)]
-pub struct SharedPolicy(RwLock<Arc<Policy>>);
+pub struct SharedPolicy {
+    current: RwLock<Arc<Policy>>,
+    reloads: tokio::sync::watch::Sender<u64>,
+}
 
 impl SharedPolicy {
     pub fn new(policy: Policy) -> Self {
-        Self(RwLock::new(Arc::new(policy)))
+        Self {
+            current: RwLock::new(Arc::new(policy)),
+            reloads: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// Changes each time the policy is replaced.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     pub fn current(&self) -> Arc<Policy> {
         // A poisoned lock still holds a whole Arc: a panic cannot leave it half-written.
-        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub fn replace(&self, policy: Policy) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+        self.reloads.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

@@ -352,3 +352,35 @@ async fn sighup_applies_new_rules_and_a_broken_file_keeps_the_old_ones() {
         "a broken file does not stop the broker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_takes_the_right_away_ends_an_open_watch_stream() {
+    let fake = fake().await;
+    let rule = format!("[[allow]]\naccount = \"default\"\nuids = [{NOBODY_UID}]\n");
+    let broker = broker_with(&fake, &rule).await;
+    let ctl = workspace_bin("therappai-brokerctl");
+    let watching = broker.run_ctl(AS_NOBODY, &ctl, &["watch", "--account", "default"], None);
+    let reload = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while broker.log_lines_with(&["audit:", "rpc=\"WatchSession\"", "decision=\"allow\""]) == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watch never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let config = std::fs::read_to_string(&broker.config_path).expect("read config");
+        std::fs::write(&broker.config_path, config.replace(&rule, "")).expect("drop the rule");
+        broker.signal(libc::SIGHUP);
+    };
+    // No session event happens: only the reload can end the stream.
+    let (out, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(watching, reload)
+    })
+    .await
+    .expect("the stream ends at the reload, not at the next state change");
+    assert_eq!(out.code, DENIED, "{}", out.stderr);
+    assert!(out.stderr.contains("no longer lets"), "{}", out.stderr);
+    assert!(out.stdout.contains("default now: active"), "{}", out.stdout);
+}

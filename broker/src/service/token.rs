@@ -118,6 +118,7 @@ impl BrokerService {
             Action::Token { account: &account },
         )?;
         let slot = Arc::clone(self.account_slot(&account)?);
+        let reloads = self.policy.reloads();
         let (first, events) = slot.subscribe(self.clock.now());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let watch = Watch {
@@ -128,7 +129,7 @@ impl BrokerService {
             stop: self.streams_stop.clone(),
             clock: Arc::clone(&self.clock),
         };
-        tokio::spawn(watch.run(first, events));
+        tokio::spawn(watch.run(first, events, reloads));
         Ok(ReceiverStream::new(rx))
     }
 }
@@ -145,7 +146,12 @@ struct Watch {
 }
 
 impl Watch {
-    async fn run(self, first: SessionEvent, mut events: broadcast::Receiver<SessionEvent>) {
+    async fn run(
+        self,
+        first: SessionEvent,
+        mut events: broadcast::Receiver<SessionEvent>,
+        mut reloads: tokio::sync::watch::Receiver<u64>,
+    ) {
         if !self.send(&first, true).await {
             return;
         }
@@ -153,6 +159,14 @@ impl Watch {
             let received = tokio::select! {
                 () = self.stop.cancelled() => return,
                 () = self.tx.closed() => return,
+                Ok(()) = reloads.changed() => {
+                    // A reload may have taken this app's right away: then the stream ends now.
+                    if self.allowed() {
+                        continue;
+                    }
+                    self.end_denied().await;
+                    return;
+                }
                 received = events.recv() => received,
             };
             let sent = match received {
@@ -174,24 +188,11 @@ impl Watch {
 
     /// Sends one event if the peer may still watch this account; false ends the stream.
     async fn send(&self, event: &SessionEvent, snapshot: bool) -> bool {
-        let account = self.slot.config.name.as_str();
-        let allowed = matches!(
-            self.policy
-                .current()
-                .decide(&self.peer, Action::Token { account }),
-            Decision::Allow { .. }
-        );
-        if !allowed {
-            let denied = BrokerError::PermissionDenied {
-                message: format!(
-                    "the broker's policy no longer lets this program ({}) watch account \"{account}\" \
-                     (changed by a config reload); the stream ends",
-                    self.peer.describe()
-                ),
-            };
-            self.deliver(Err(Status::from(denied))).await;
+        if !self.allowed() {
+            self.end_denied().await;
             return false;
         }
+        let account = self.slot.config.name.as_str();
         let wire = pb::SessionEvent {
             account: account.to_owned(),
             state: session_state(event.state).into(),
@@ -200,6 +201,31 @@ impl Watch {
             snapshot,
         };
         self.deliver(Ok(wire)).await
+    }
+
+    /// Whether the policy in force still lets the peer watch this account.
+    fn allowed(&self) -> bool {
+        let account = self.slot.config.name.as_str();
+        matches!(
+            self.policy
+                .current()
+                .decide(&self.peer, Action::Token { account }),
+            Decision::Allow { .. }
+        )
+    }
+
+    /// Tells the app its right is gone; the stream ends after this.
+    async fn end_denied(&self) {
+        let account = self.slot.config.name.as_str();
+        tracing::warn!(target: "audit", uid = self.peer.uid, account, rpc = "WatchSession", decision = "deny", "watch stream ended: the policy no longer allows it");
+        let denied = BrokerError::PermissionDenied {
+            message: format!(
+                "the broker's policy no longer lets this program ({}) watch account \"{account}\" \
+                 (changed by a config reload); the stream ends",
+                self.peer.describe()
+            ),
+        };
+        self.deliver(Err(Status::from(denied))).await;
     }
 
     /// Queues one message for the app; gives up at shutdown, so an app that stopped reading
