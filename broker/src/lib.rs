@@ -163,6 +163,7 @@ impl Daemon {
             ));
         }
         let service_refresher = Arc::clone(&service.refresher);
+        let cache = Arc::clone(&service.cache);
         let incoming = listener::incoming(listener);
         let stop = shutdown.clone();
         let server = tonic::transport::Server::builder()
@@ -175,8 +176,15 @@ impl Daemon {
                 let result = (&mut server).await;
                 // A refresh cycle in flight finishes (and stores a rotated token) first, within
                 // the grace (also when the server ended on its own, before any signal).
-                let drained =
-                    tokio::time::timeout(config.shutdown_grace, refresher.finish_cycles()).await;
+                // And a rotated token that only memory holds (a failed store write) gets one
+                // last try, or it is lost with the process.
+                let drained = tokio::time::timeout(config.shutdown_grace, async {
+                    refresher.finish_cycles().await;
+                    for slot in cache.slots() {
+                        refresher.retry_store_write(slot).await;
+                    }
+                })
+                .await;
                 if drained.is_err() {
                     tracing::warn!(grace = ?config.shutdown_grace, "a refresh cycle did not finish within the grace period; stopping anyway");
                 }

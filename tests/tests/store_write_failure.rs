@@ -96,3 +96,37 @@ async fn a_failed_store_write_after_rotation_is_kept_in_memory_and_retried() {
     assert_eq!(fake.counters().refresh_rejected, 0, "{}", broker.logs());
     assert_eq!(fake.counters().refresh_ok, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_only_in_memory_is_written_at_shutdown() {
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
+    fake.knobs().set_rotation(true);
+    let mut broker = Broker::start(
+        BrokerOptions::new(StoreKind::SecretService, EMAIL),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
+    broker.login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    let keyring = broker.secret_service.as_mut().expect("secret service");
+    keyring.stop_keyring();
+    broker.token("default").await;
+    assert_eq!(
+        broker.log_lines_with(&["could not store the rotated refresh token"]),
+        1
+    );
+    // The store is back, and the broker stops before its periodic retry (every 10 s).
+    broker
+        .secret_service
+        .as_mut()
+        .expect("secret service")
+        .restart_keyring();
+    broker.restart();
+    broker.token("default").await;
+    assert_eq!(
+        fake.counters().refresh_rejected,
+        0,
+        "the rotated token was written on the way out:\n{}",
+        broker.logs()
+    );
+}

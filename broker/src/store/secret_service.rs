@@ -82,13 +82,20 @@ impl SecretServiceStore {
             Err(e) if is_stale(&e) => {
                 tracing::warn!(error = %e, "the Secret Service connection went stale (was the keyring daemon restarted?); reconnecting");
                 let fresh = connect(CONNECT_TIMEOUT)?;
-                let old = self
-                    .connection
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .replace(Arc::clone(&fresh));
+                let old = {
+                    let mut connection = self
+                        .connection
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    // Another call may have reconnected meanwhile: keep the first new one.
+                    match connection.as_ref() {
+                        Some(now) if !Arc::ptr_eq(now, &current) => Some(fresh),
+                        _ => connection.replace(Arc::clone(&fresh)),
+                    }
+                };
                 close(old);
-                call(&fresh).map_err(|e| self.error(op.clone(), e))
+                let connection = self.current(op)?;
+                call(&connection).map_err(|e| self.error(op.clone(), e))
             }
             result => result.map_err(|e| self.error(op.clone(), e)),
         }
