@@ -137,14 +137,21 @@ impl SlotState {
     /// Forgets every token (they zeroize on drop) and moves to `session`, within the same
     /// session epoch (the refresher uses it when the upstream rejects the refresh token).
     pub fn clear(&mut self, session: SessionState, at: SystemTime, reason: &str) {
-        self.access = None;
-        self.refresh = None;
+        self.forget_tokens();
+        self.set_session(session, at, reason);
+    }
+
+    /// Takes both tokens out of memory with everything that describes them; returns whether
+    /// an access token was there, and the refresh token.
+    fn forget_tokens(&mut self) -> (bool, Option<RefreshToken>) {
+        let had_access = self.access.take().is_some();
+        let refresh = self.refresh.take();
         self.refresh_stored = false;
         self.store_problem = None;
         self.refresh_due = None;
         self.next_attempt_at = None;
         self.access_served = false;
-        self.set_session(session, at, reason);
+        (had_access, refresh)
     }
 
     /// Ends the session for good (logout, revoke): bumps the epoch so nothing in flight can
@@ -156,13 +163,7 @@ impl SlotState {
         reason: &str,
     ) -> EndedSession {
         self.epoch = self.epoch.wrapping_add(1);
-        let had_access = self.access.take().is_some();
-        let refresh = self.refresh.take();
-        self.refresh_stored = false;
-        self.store_problem = None;
-        self.refresh_due = None;
-        self.next_attempt_at = None;
-        self.access_served = false;
+        let (had_access, refresh) = self.forget_tokens();
         self.store_unread = false;
         self.needs_login_reason = None;
         let watchers_notified = self.set_session(next, at, reason);

@@ -24,7 +24,18 @@ impl SessionState {
         matches!(self, Self::LoggedOut | Self::NeedsLogin)
     }
 
-    fn from_wire(state: i32) -> Option<Self> {
+    /// The name `status` and the logs use: `logged-out`, `active`, `refreshing`, `needs-login`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoggedOut => "logged-out",
+            Self::Active => "active",
+            Self::Refreshing => "refreshing",
+            Self::NeedsLogin => "needs-login",
+        }
+    }
+
+    /// The state a wire value (`proto::SessionState` as i32) stands for; `None` for unknown.
+    pub fn from_wire(state: i32) -> Option<Self> {
         match proto::SessionState::try_from(state).ok()? {
             proto::SessionState::LoggedOut => Some(Self::LoggedOut),
             proto::SessionState::Active => Some(Self::Active),

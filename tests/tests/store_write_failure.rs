@@ -2,14 +2,21 @@
 //! token from memory, says so in status and log, retries the write, and once the store is
 //! back the new token is what a restarted broker finds.
 
+#![expect(
+    clippy::expect_used,
+    reason = "end-to-end test: a failed step panics with its reason"
+)]
+
+use fake_therappai::FakeTherappai;
 use std::time::Duration;
 use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user, wait_until};
 
 const EMAIL: &str = "heidi@example.com";
 const PASSWORD: &str = "heidis-long-password";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_store_write_after_rotation_is_kept_in_memory_and_retried() {
+/// A logged-in broker on gnome-keyring, a fake therappai that rotates refresh tokens (the
+/// next refresh needs one), and gnome-keyring stopped: the rotated token cannot be stored.
+async fn rotating_session_with_the_keyring_down() -> (FakeTherappai, Broker) {
     let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
     fake.knobs().set_rotation(true);
     let mut broker = Broker::start(
@@ -19,12 +26,17 @@ async fn a_failed_store_write_after_rotation_is_kept_in_memory_and_retried() {
     );
     broker.login("default", PASSWORD).await;
     fake.knobs().set_access_lifetime(Duration::from_secs(300));
-
     broker
         .secret_service
         .as_mut()
         .expect("secret service")
         .stop_keyring();
+    (fake, broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_write_after_rotation_is_kept_in_memory_and_retried() {
+    let (fake, mut broker) = rotating_session_with_the_keyring_down().await;
     // therappai rotates (the stored token is now blacklisted); the store refuses the new one.
     let token = broker.token("default").await;
     assert!(
@@ -99,17 +111,7 @@ async fn a_failed_store_write_after_rotation_is_kept_in_memory_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_only_in_memory_is_written_at_shutdown() {
-    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
-    fake.knobs().set_rotation(true);
-    let mut broker = Broker::start(
-        BrokerOptions::new(StoreKind::SecretService, EMAIL),
-        &fake.base_url(),
-        &fake.ca_pem(),
-    );
-    broker.login("default", PASSWORD).await;
-    fake.knobs().set_access_lifetime(Duration::from_secs(300));
-    let keyring = broker.secret_service.as_mut().expect("secret service");
-    keyring.stop_keyring();
+    let (fake, mut broker) = rotating_session_with_the_keyring_down().await;
     broker.token("default").await;
     assert_eq!(
         broker.log_lines_with(&["could not store the rotated refresh token"]),

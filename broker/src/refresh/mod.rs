@@ -121,7 +121,7 @@ impl Refresher {
                 }
                 Err(BrokerError::UpstreamUnavailable {
                     account,
-                    reason: "the refresh task failed (see the broker's log)".to_owned(),
+                    reason: "the refresh task failed, which is a bug: the broker's log (`journalctl -u therappai-broker`) has the details; please report them".to_owned(),
                 })
             }
         }

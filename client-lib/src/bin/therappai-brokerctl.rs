@@ -11,7 +11,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use therappai_broker_client::{Client, Error, proto};
+use therappai_broker_client::{Client, Error, SessionState, proto};
 
 /// Exit codes, documented in the README and `--help`.
 mod exit {
@@ -250,7 +250,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                     out,
                     "{} {kind}: {}{reason}",
                     change.account,
-                    watch_state_name(change.state)
+                    change.state.as_str()
                 )
                 .and_then(|()| out.flush())
                 .map_err(|e| CliError::Local(format!("cannot write to stdout: {e}")))?;
@@ -396,13 +396,7 @@ fn check_outcomes(
 }
 
 fn state_name(state: i32) -> &'static str {
-    match proto::SessionState::try_from(state).unwrap_or_default() {
-        proto::SessionState::LoggedOut => "logged-out",
-        proto::SessionState::Active => "active",
-        proto::SessionState::Refreshing => "refreshing",
-        proto::SessionState::NeedsLogin => "needs-login",
-        proto::SessionState::Unspecified => "unknown",
-    }
+    SessionState::from_wire(state).map_or("unknown", SessionState::as_str)
 }
 
 fn print_status(status: &proto::StatusResponse, socket: &std::path::Path) {
@@ -505,17 +499,6 @@ fn status_json(status: &proto::StatusResponse, socket: &std::path::Path) -> serd
         "store_detail": status.store_detail,
         "accounts": accounts,
     })
-}
-
-fn watch_state_name(state: therappai_broker_client::SessionState) -> &'static str {
-    use therappai_broker_client::SessionState as S;
-    match state {
-        S::LoggedOut => "logged-out",
-        S::Active => "active",
-        S::Refreshing => "refreshing",
-        S::NeedsLogin => "needs-login",
-        _ => "unknown",
-    }
 }
 
 fn from_unix(seconds: i64) -> SystemTime {
