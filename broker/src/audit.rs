@@ -1,7 +1,8 @@
 //! Audit events: one structured event per grant, denial and admin action, on the tracing
 //! target `audit`, so they can be routed and filtered on their own.
 //!
-//! Every event carries the peer's uid, gid, pid, exe and unit, the account, the rpc, the
+//! Every event carries the peer's uid, gid, pid, exe and unit (fields `peer_uid`, `peer_gid`,
+//! `peer_pid`, `peer_exe`, `peer_unit`), the account, the rpc, the
 //! decision and the rule that made it. Denials and admin actions are always logged at
 //! warn/info. Token and status grants are rate-limited: at most one info event per (uid,
 //! exe, account, rpc) per minute; the ones in between go out at debug level
@@ -36,7 +37,7 @@ impl Audit {
     pub fn grant(&self, peer: &PeerIdentity, rpc: &'static str, account: &str, rule: &str) {
         let key = (peer.uid, peer.exe.clone(), account.to_owned(), rpc);
         let suppressed = self.admit(key, Instant::now());
-        let (uid, gid, pid, exe, unit) = (
+        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
             peer.uid,
             peer.gid,
             pid(peer),
@@ -45,10 +46,10 @@ impl Audit {
         );
         match suppressed {
             Some(suppressed) => {
-                tracing::info!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, suppressed, "granted")
+                tracing::info!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "allow", rule, suppressed, "granted")
             }
             None => {
-                tracing::debug!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, "granted (rate-limited)")
+                tracing::debug!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "allow", rule, "granted (rate-limited)")
             }
         }
     }
@@ -75,27 +76,27 @@ impl Audit {
 
     /// A denial: always logged, never sampled.
     pub fn deny(&self, peer: &PeerIdentity, rpc: &str, account: &str, rule: &str) {
-        let (uid, gid, pid, exe, unit) = (
+        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
             peer.uid,
             peer.gid,
             pid(peer),
             peer.exe_display(),
             peer.unit_display(),
         );
-        tracing::warn!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "deny", rule, "denied");
+        tracing::warn!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "deny", rule, "denied");
     }
 
     /// An admin action that policy allowed, with its outcome ("ok" or an error reason):
     /// always logged, never sampled.
     pub fn admin(&self, peer: &PeerIdentity, rpc: &str, account: &str, rule: &str, outcome: &str) {
-        let (uid, gid, pid, exe, unit) = (
+        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
             peer.uid,
             peer.gid,
             pid(peer),
             peer.exe_display(),
             peer.unit_display(),
         );
-        tracing::info!(target: "audit", uid, gid, pid, exe, unit, account, rpc, decision = "allow", rule, outcome, "admin action");
+        tracing::info!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "allow", rule, outcome, "admin action");
     }
 }
 
