@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+/// The tracing target of every audit event (journald also marks them `AUDIT=1`).
+pub const TARGET: &str = "audit";
+
 /// At most one info-level grant event per key per this window.
 pub const GRANT_WINDOW: Duration = Duration::from_secs(60);
 /// Past this many keys, windows that have ended are forgotten.

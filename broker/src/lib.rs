@@ -5,19 +5,22 @@
 //! [`listener`] → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
 //! [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke, restore, status),
 //! [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`] and [`reload`]),
-//! [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`] and [`error`].
+//! [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`], [`notify`] (systemd readiness,
+//! status and watchdog), [`capability`] and [`error`].
 
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
 
 pub mod audit;
 pub mod cache;
+pub mod capability;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod groups;
 pub mod jwt;
 pub mod listener;
+pub mod notify;
 pub mod paths;
 pub mod peer;
 pub mod policy;
@@ -43,7 +46,6 @@ use crate::store::StoreHandle;
 use crate::upstream::Upstream;
 use std::sync::Arc;
 use therappai_broker_proto::v1::broker_server::BrokerServer;
-use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 /// Why the daemon could not start. Each message says what to do.
@@ -66,14 +68,19 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Daemon {
     config: Config,
-    listener: UnixListener,
+    listening: listener::Listening,
     service: BrokerService,
+    store_backend: String,
 }
 
 impl Daemon {
-    /// Opens the store, restores sessions and binds the socket. Must run inside a tokio
-    /// runtime.
-    pub async fn start(config: Config) -> Result<Self, StartError> {
+    /// Opens the store, restores sessions and listens: on the socket systemd passed
+    /// (`systemd_socket`, from [`listener::take_systemd_socket`]) or else on one it binds at
+    /// `config.socket`. Must run inside a tokio runtime.
+    pub async fn start(
+        config: Config,
+        systemd_socket: Option<std::os::unix::net::UnixListener>,
+    ) -> Result<Self, StartError> {
         let choice = config.store.backend;
         let service_name = config.store.service.clone();
         let store = tokio::task::spawn_blocking(move || store::open(choice, &service_name))
@@ -81,15 +88,25 @@ impl Daemon {
             .map_err(|e| StartError::Upstream(format!("store start-up task failed: {e}")))??;
         let store = StoreHandle::new(store);
         tracing::info!(backend = %store.backend(), detail = %store.describe(), "secure store ready");
-        Self::start_with(config, store, Arc::new(SystemClock)).await
+        Self::start_on(config, store, Arc::new(SystemClock), systemd_socket).await
     }
 
-    /// As [`Daemon::start`] with an injected store and clock (tests).
+    /// As [`Daemon::start`] with an injected store and clock, binding its own socket (tests).
     pub async fn start_with(
         config: Config,
         store: StoreHandle,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
+        Self::start_on(config, store, clock, None).await
+    }
+
+    async fn start_on(
+        config: Config,
+        store: StoreHandle,
+        clock: Arc<dyn Clock>,
+        systemd_socket: Option<std::os::unix::net::UnixListener>,
+    ) -> Result<Self, StartError> {
+        let store_backend = store.backend().to_string();
         let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
         let cache = Arc::new(Cache::new(&config.accounts));
         let sessions = Arc::new(Sessions::new(
@@ -110,9 +127,13 @@ impl Daemon {
             config.login_limits.clone(),
             Arc::clone(&clock),
         ));
-        let listener = listener::bind(&config.socket, &config.socket_access)?;
+        let listening = match systemd_socket {
+            Some(inherited) => listener::adopt(inherited)?,
+            None => listener::bind(&config.socket, &config.socket_access)?,
+        };
         // SAFETY: geteuid has no preconditions and cannot fail.
         let broker_uid = unsafe { libc::geteuid() };
+        capability::warn_about_missing_ptrace(&config.policy, broker_uid);
         let policy = Arc::new(SharedPolicy::new(Policy {
             broker_uid,
             rules: config.policy.clone(),
@@ -129,9 +150,23 @@ impl Daemon {
         };
         Ok(Self {
             config,
-            listener,
+            listening,
             service,
+            store_backend,
         })
+    }
+
+    /// The socket being served (systemd's, or the one bound at `config.socket`).
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.listening.path
+    }
+
+    /// What computes the one-line `STATUS=` for systemd (also after a reload).
+    pub fn status_line(&self) -> StatusLine {
+        StatusLine {
+            cache: Arc::clone(&self.service.cache),
+            store: self.store_backend.clone(),
+        }
     }
 
     /// What SIGHUP calls to re-read the policy rules from the config file.
@@ -142,18 +177,40 @@ impl Daemon {
     /// Serves until `shutdown` fires, then lets in-flight calls finish for at most the
     /// configured grace period, and removes the socket.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
+        let status = self.status_line();
         let Daemon {
             config,
-            listener,
+            listening,
             service,
+            store_backend,
         } = self;
-        tracing::info!(socket = %config.socket.display(), accounts = config.accounts.len(), "serving");
+        let listener::Listening {
+            listener,
+            path: socket,
+            origin,
+        } = listening;
+        tracing::info!(socket = %socket.display(), from = ?origin, accounts = config.accounts.len(), "serving");
         let streams_stop = service.streams_stop.clone();
         let on_shutdown = shutdown.clone();
         tokio::spawn(async move {
             on_shutdown.cancelled().await;
+            notify::stopping();
             streams_stop.cancel();
         });
+        // The listener is up and the store answered (start opened both).
+        notify::ready(&status.current());
+        tokio::spawn(notify::keep_status_current(
+            Arc::clone(&service.cache),
+            store_backend,
+            shutdown.child_token(),
+        ));
+        // Pings go on through the drain, until serving returns.
+        let watchdog_stop = CancellationToken::new();
+        let _stop_watchdog = watchdog_stop.clone().drop_guard();
+        if let Some(interval) = notify::watchdog_interval() {
+            tracing::debug!(?interval, "systemd watchdog enabled");
+            tokio::spawn(notify::watchdog(interval, watchdog_stop));
+        }
         for slot in service.cache.slots() {
             tokio::spawn(refresh::run_background(
                 Arc::clone(&service.refresher),
@@ -198,8 +255,22 @@ impl Daemon {
                 Ok(())
             }
         };
-        listener::remove_socket(&config.socket);
+        listener::remove_socket(&socket, origin);
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Computes the one-line account summary systemd shows (`STATUS=`).
+#[derive(Debug, Clone)]
+pub struct StatusLine {
+    cache: Arc<Cache>,
+    store: String,
+}
+
+impl StatusLine {
+    /// The summary now, e.g. `1 account: default active; store keyutils`.
+    pub fn current(&self) -> String {
+        notify::summary(&self.cache, &self.store)
     }
 }

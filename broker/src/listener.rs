@@ -58,6 +58,14 @@ pub enum ListenerError {
         group: String,
         source: std::io::Error,
     },
+    /// An existing directory the broker did not create would have to be opened to the group.
+    #[error(
+        "refusing to start: socket directory {path} was not created by the broker, so it will not change its mode, and group \"{group}\" (socket_group) cannot enter it; put the socket in a directory of its own (e.g. `socket = \"{path}/therappai-broker/broker.sock\"`, which the broker creates) or grant the group search permission on {path} yourself"
+    )]
+    ForeignDirectory { path: PathBuf, group: String },
+    /// The socket systemd passed cannot be used.
+    #[error("cannot use the socket passed by systemd: {0}")]
+    Inherited(std::io::Error),
     /// bind(2) or chmod failed.
     #[error("cannot listen on {path}: {source}")]
     Bind {
@@ -66,21 +74,173 @@ pub enum ListenerError {
     },
 }
 
+/// Where the listening socket came from: decides who may remove the socket file at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Bound by the broker itself: it removes the file at shutdown.
+    Bound,
+    /// Passed in by systemd (socket activation): the socket unit owns the file, which must
+    /// outlive this process so the next connection activates the service again.
+    Systemd,
+}
+
+/// A listening socket, ready to serve, and where it came from.
+#[derive(Debug)]
+pub struct Listening {
+    pub listener: UnixListener,
+    pub path: PathBuf,
+    pub origin: Origin,
+}
+
+/// The listening socket systemd passed (socket activation), if any; must run before any
+/// thread starts (it reads and then clears `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`, so
+/// that no child process inherits them).
+///
+/// Exactly one descriptor is accepted, and it must be a listening Unix stream socket: a
+/// unit that passes a TCP port or a datagram socket is a configuration mistake worth a clear
+/// start error, not a broker that silently binds elsewhere.
+pub fn take_systemd_socket() -> Result<Option<std::os::unix::net::UnixListener>, ListenerError> {
+    // SAFETY: called from `main` before the runtime (or any other thread) exists, which is
+    // what removing environment variables requires.
+    let fds: Vec<(std::os::fd::RawFd, String)> =
+        unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
+            .map_err(ListenerError::Inherited)?
+            .collect();
+    let (fd, name) = match fds.as_slice() {
+        [] => return Ok(None),
+        [one] => one.clone(),
+        many => {
+            let names: Vec<&str> = many.iter().map(|(_, name)| name.as_str()).collect();
+            return Err(ListenerError::Inherited(std::io::Error::other(format!(
+                "systemd passed {} sockets ({}); the broker listens on exactly one: give therappai-broker.socket a single ListenStream=",
+                many.len(),
+                names.join(", ")
+            ))));
+        }
+    };
+    check_inherited(fd).map_err(|reason| {
+        ListenerError::Inherited(std::io::Error::other(format!(
+            "the socket systemd passed (fd {fd}, name \"{name}\") is {reason}; therappai-broker.socket must use ListenStream=/path/broker.sock (a Unix stream socket) with Accept=no"
+        )))
+    })?;
+    // SAFETY: systemd handed this descriptor to us and nothing else in the process owns it
+    // (the environment that named it is cleared above, so this runs once).
+    let listener =
+        unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(Some(listener))
+}
+
+/// Why an inherited descriptor is not a listening Unix stream socket, if it is not.
+fn check_inherited(fd: std::os::fd::RawFd) -> Result<(), String> {
+    let option = |name: libc::c_int| -> Result<libc::c_int, String> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value and len are valid for writes of the sizes given.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&raw mut value).cast(),
+                &raw mut len,
+            )
+        };
+        if rc == 0 {
+            Ok(value)
+        } else {
+            Err(format!(
+                "not a socket ({})",
+                std::io::Error::last_os_error()
+            ))
+        }
+    };
+    if option(libc::SO_DOMAIN)? != libc::AF_UNIX {
+        return Err("not a Unix socket (a TCP or other network socket)".to_owned());
+    }
+    if option(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err("not a stream socket (datagram or seqpacket)".to_owned());
+    }
+    if option(libc::SO_ACCEPTCONN)? == 0 {
+        return Err("not listening (Accept=yes passes connections, not the socket)".to_owned());
+    }
+    Ok(())
+}
+
+/// Serves on the socket systemd passed. Must run inside a tokio runtime.
+pub fn adopt(listener: std::os::unix::net::UnixListener) -> Result<Listening, ListenerError> {
+    let bind_err = |source| ListenerError::Bind {
+        path: PathBuf::from("(socket passed by systemd)"),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| addr.as_pathname().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("(unnamed socket passed by systemd)"));
+    let listener = UnixListener::from_std(listener).map_err(bind_err)?;
+    Ok(Listening {
+        listener,
+        path,
+        origin: Origin::Systemd,
+    })
+}
+
 /// Prepares the directory and binds the socket. Must run inside a tokio runtime.
-pub fn bind(path: &Path, access: &SocketAccess) -> Result<UnixListener, ListenerError> {
+pub fn bind(path: &Path, access: &SocketAccess) -> Result<Listening, ListenerError> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .ok_or_else(|| ListenerError::NoParent(path.to_owned()))?;
-    prepare_directory(dir)?;
-    grant_access(dir, access, access.dir_mode())?;
+    let created = prepare_directory(dir)?;
+    if created || is_dedicated(dir) {
+        grant_access(dir, access, access.dir_mode())?;
+    } else {
+        check_foreign_directory(dir, access)?;
+    }
     remove_stale_socket(path)?;
     let listener = UnixListener::bind(path).map_err(|source| ListenerError::Bind {
         path: path.to_owned(),
         source,
     })?;
     grant_access(path, access, access.mode)?;
-    Ok(listener)
+    Ok(Listening {
+        listener,
+        path: path.to_owned(),
+        origin: Origin::Bound,
+    })
+}
+
+/// A directory the broker may treat as its own: named after it (the default
+/// `…/therappai-broker/` under the runtime directory). Its mode follows the config; any other
+/// existing directory (`/run`, `/run/user/1000`, …) belongs to someone else and is never
+/// changed, only checked.
+fn is_dedicated(dir: &Path) -> bool {
+    dir.file_name()
+        .is_some_and(|name| name == crate::paths::RUNTIME_SUBDIR)
+}
+
+/// An existing directory the broker did not create: its mode is left alone. With a
+/// `socket_group`, the group must already be able to enter it, or the socket's group mode
+/// would be a promise the directory breaks.
+fn check_foreign_directory(dir: &Path, access: &SocketAccess) -> Result<(), ListenerError> {
+    let Some(group) = &access.group else {
+        return Ok(());
+    };
+    let meta = std::fs::metadata(dir).map_err(|source| ListenerError::Directory {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    let group_may_enter = (meta.gid() == group.gid && mode & 0o010 != 0) || mode & 0o001 != 0;
+    if group_may_enter {
+        Ok(())
+    } else {
+        Err(ListenerError::ForeignDirectory {
+            path: dir.to_owned(),
+            group: group.name.clone(),
+        })
+    }
 }
 
 /// Accepted connections, each with its peer's identity. A connection whose credentials the
@@ -123,15 +283,15 @@ fn grant_access(path: &Path, access: &SocketAccess, mode: u32) -> Result<(), Lis
 
 /// Creates `dir` 0700 if missing, then verifies owner and mode whatever created it. Group
 /// and others may at most read and search it (0750/0755), never write: a writer could swap
-/// the socket.
-fn prepare_directory(dir: &Path) -> Result<(), ListenerError> {
+/// the socket. Returns whether this call created it.
+fn prepare_directory(dir: &Path) -> Result<bool, ListenerError> {
     let dir_err = |source| ListenerError::Directory {
         path: dir.to_owned(),
         source,
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+    let created = match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             // Parent missing too (e.g. no /run/user/UID): create the chain, only the last 0700.
             if let Some(parent) = dir.parent() {
@@ -141,9 +301,10 @@ fn prepare_directory(dir: &Path) -> Result<(), ListenerError> {
                 .mode(0o700)
                 .create(dir)
                 .map_err(dir_err)?;
+            true
         }
         Err(e) => return Err(dir_err(e)),
-    }
+    };
     // symlink_metadata: a symlink planted in place of the directory is refused, not followed.
     let meta = std::fs::symlink_metadata(dir).map_err(dir_err)?;
     if !meta.is_dir() {
@@ -168,7 +329,7 @@ fn prepare_directory(dir: &Path) -> Result<(), ListenerError> {
             mode,
         });
     }
-    Ok(())
+    Ok(created)
 }
 
 /// A socket file left by a dead broker is removed; one a live broker answers on is not.
@@ -199,8 +360,12 @@ fn remove_stale_socket(path: &Path) -> Result<(), ListenerError> {
     }
 }
 
-/// Removes the socket at shutdown, if it is still ours.
-pub fn remove_socket(path: &Path) {
+/// Removes the socket at shutdown, if the broker bound it (systemd's stays for the next
+/// activation).
+pub fn remove_socket(path: &Path, origin: Origin) {
+    if origin == Origin::Systemd {
+        return;
+    }
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != ErrorKind::NotFound {
             tracing::warn!(socket = %path.display(), error = %e, "could not remove the socket");
@@ -228,7 +393,8 @@ mod tests {
     #[tokio::test]
     async fn socket_group_opens_socket_and_directory_to_the_group() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let path = tmp.path().join("run/broker.sock");
+        let dir = tmp.path().join(crate::paths::RUNTIME_SUBDIR);
+        let path = dir.join("broker.sock");
         // Our own primary group: chown to it needs no privilege.
         // SAFETY: getegid has no preconditions.
         let gid = unsafe { libc::getegid() };
@@ -240,15 +406,77 @@ mod tests {
             mode: 0o660,
         };
         let listener = bind(&path, &access).expect("bind");
-        let dir = std::fs::metadata(tmp.path().join("run")).expect("dir");
+        let meta = std::fs::metadata(&dir).expect("dir");
         let sock = std::fs::metadata(&path).expect("sock");
-        assert_eq!((dir.mode() & 0o777, dir.gid()), (0o750, gid));
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o750, gid));
         assert_eq!((sock.mode() & 0o777, sock.gid()), (0o660, gid));
         drop(listener);
-        // A later start with the default narrows an existing 0750 directory again.
+        // A later start with the default narrows the broker's own directory again.
         let _again = bind(&path, &SocketAccess::default()).expect("rebind");
-        let dir = std::fs::metadata(tmp.path().join("run")).expect("dir");
-        assert_eq!(dir.mode() & 0o777, 0o700);
+        let meta = std::fs::metadata(&dir).expect("dir");
+        assert_eq!(meta.mode() & 0o777, 0o700);
+    }
+
+    /// Defect: `socket = "/run/broker.sock"` as root used to turn `/run` into 0700.
+    #[tokio::test]
+    async fn never_changes_the_mode_of_a_directory_it_did_not_create() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("run");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let _listener = bind(&dir.join("broker.sock"), &SocketAccess::default()).expect("bind");
+        let mode = std::fs::metadata(&dir).expect("dir").mode() & 0o777;
+        assert_eq!(mode, 0o755, "someone else's directory keeps its mode");
+    }
+
+    /// Defect: with `socket_group`, `/run/user/1000/broker.sock` used to open the user's
+    /// runtime directory to the group. Now it is refused and the directory is untouched.
+    #[tokio::test]
+    async fn socket_group_refuses_a_foreign_directory_the_group_cannot_enter() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("user-1000");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        // SAFETY: getegid has no preconditions.
+        let gid = unsafe { libc::getegid() };
+        let access = SocketAccess {
+            group: Some(crate::policy::GroupRef {
+                name: "own".into(),
+                gid,
+            }),
+            mode: 0o660,
+        };
+        let err = bind(&dir.join("broker.sock"), &access).expect_err("must refuse");
+        assert!(
+            matches!(err, ListenerError::ForeignDirectory { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("therappai-broker/broker.sock"),
+            "{err}"
+        );
+        let mode = std::fs::metadata(&dir).expect("dir").mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(!dir.join("broker.sock").exists());
+    }
+
+    #[test]
+    fn an_inherited_descriptor_that_is_not_a_unix_stream_listener_is_refused() {
+        use std::os::fd::AsRawFd;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
+        let reason = check_inherited(tcp.as_raw_fd()).expect_err("tcp");
+        assert!(reason.contains("not a Unix socket"), "{reason}");
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().expect("pair");
+        let reason = check_inherited(a.as_raw_fd()).expect_err("dgram");
+        assert!(reason.contains("not a stream socket"), "{reason}");
+        let (c, _d) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let reason = check_inherited(c.as_raw_fd()).expect_err("connected");
+        assert!(reason.contains("not listening"), "{reason}");
+        let file = std::fs::File::open("/dev/null").expect("null");
+        assert!(check_inherited(file.as_raw_fd()).is_err());
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let good = std::os::unix::net::UnixListener::bind(tmp.path().join("s")).expect("uds");
+        check_inherited(good.as_raw_fd()).expect("a listening Unix stream socket");
     }
 
     #[tokio::test]

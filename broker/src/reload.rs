@@ -42,6 +42,7 @@ impl Reloader {
         let broker_uid = self.policy.current().broker_uid;
         let allow_rules = new.policy.allow.len();
         let admin_section = new.policy.admin.is_some();
+        crate::capability::warn_about_missing_ptrace(&new.policy, broker_uid);
         self.policy.replace(Policy {
             broker_uid,
             rules: new.policy,

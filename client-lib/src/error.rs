@@ -11,9 +11,12 @@ pub enum Error {
         "the therappai broker is not reachable at {socket}: {reason}. Start it with `systemctl start therappai-broker` (or `systemctl --user start therappai-broker`), or point at it with --socket PATH / THERAPPAI_BROKER_SOCKET"
     )]
     Unreachable { socket: PathBuf, reason: String },
-    /// No socket path was given and none can be derived.
-    #[error("{0}")]
-    NoSocketPath(&'static str),
+    /// No socket path was given and no broker socket exists at the default paths.
+    #[error(
+        "no therappai broker socket found (tried {}). Start the broker: `systemctl --user start therappai-broker.socket` for your session, or `sudo systemctl enable --now therappai-broker.socket` for the system service; or point at it with --socket PATH / THERAPPAI_BROKER_SOCKET",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoBroker { tried: Vec<PathBuf> },
     /// The account is logged out, or its session ended: a login is needed.
     #[error("{message}")]
     NotLoggedIn { account: String, message: String },

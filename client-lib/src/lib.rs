@@ -37,11 +37,13 @@ pub struct Client {
     socket: PathBuf,
 }
 
-/// The socket clients dial: `THERAPPAI_BROKER_SOCKET`, else the broker's default path.
+/// The socket clients dial: `THERAPPAI_BROKER_SOCKET`, else the user session's broker
+/// (`$XDG_RUNTIME_DIR/therappai-broker/broker.sock`) when its socket exists, else the system
+/// service's (`/run/therappai-broker/broker.sock`). The error names every path tried.
 pub fn default_socket() -> Result<PathBuf, Error> {
     match std::env::var_os(SOCKET_ENV) {
         Some(path) if !path.is_empty() => Ok(PathBuf::from(path)),
-        _ => therappai_broker_proto::default_socket_path().map_err(Error::NoSocketPath),
+        _ => therappai_broker_proto::discover_socket().map_err(|tried| Error::NoBroker { tried }),
     }
 }
 

@@ -30,23 +30,59 @@ pub mod v1 {
 /// Environment variable that overrides the socket path for clients.
 pub const SOCKET_ENV: &str = "THERAPPAI_BROKER_SOCKET";
 
-/// The socket the daemon listens on when its config names none, and clients dial by default:
-/// `$XDG_RUNTIME_DIR/therappai-broker/broker.sock` for an ordinary user,
-/// `/run/therappai-broker/broker.sock` for root (the system service).
+/// The system service's socket (the `therappai-broker.socket` unit).
+pub const SYSTEM_SOCKET: &str = "/run/therappai-broker/broker.sock";
+
+/// The user session's socket, `$XDG_RUNTIME_DIR/therappai-broker/broker.sock` (the user
+/// unit's `%t/therappai-broker/broker.sock`), when XDG_RUNTIME_DIR is set.
+pub fn user_socket_path() -> Option<std::path::PathBuf> {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            Some(std::path::Path::new(&dir).join("therappai-broker/broker.sock"))
+        }
+        _ => None,
+    }
+}
+
+/// The socket the daemon listens on when its config names none: `$RUNTIME_DIRECTORY/broker.sock`
+/// when systemd made the service a runtime directory, `/run/therappai-broker/broker.sock` for
+/// root, else `$XDG_RUNTIME_DIR/therappai-broker/broker.sock`.
 pub fn default_socket_path() -> Result<std::path::PathBuf, &'static str> {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY").filter(|d| !d.is_empty()) {
+        // RuntimeDirectory= may list several, separated by ':'; the first is ours.
+        let first = std::path::PathBuf::from(dir)
+            .to_str()
+            .and_then(|d| d.split(':').next().map(std::path::PathBuf::from));
+        if let Some(first) = first {
+            return Ok(first.join("broker.sock"));
+        }
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
-        return Ok("/run/therappai-broker/broker.sock".into());
+        return Ok(SYSTEM_SOCKET.into());
     }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => {
-            Ok(std::path::Path::new(&dir).join("therappai-broker/broker.sock"))
-        }
-        _ => Err(
-            "XDG_RUNTIME_DIR is not set, so there is no default socket path: \
-                  set `socket = \"/path/broker.sock\"` in the config (daemon) or pass --socket / \
-                  THERAPPAI_BROKER_SOCKET (clients)",
-        ),
+    user_socket_path().ok_or(
+        "XDG_RUNTIME_DIR is not set, so there is no default socket path: \
+         set `socket = \"/path/broker.sock\"` in the config (daemon) or pass --socket / \
+         THERAPPAI_BROKER_SOCKET (clients)",
+    )
+}
+
+/// The socket a client dials when nothing names one: the user session's broker when its
+/// socket exists, else the system service's when that exists. `Err` lists the paths tried,
+/// in order.
+pub fn discover_socket() -> Result<std::path::PathBuf, Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let candidates: Vec<std::path::PathBuf> = user_socket_path()
+        .into_iter()
+        .chain(std::iter::once(std::path::PathBuf::from(SYSTEM_SOCKET)))
+        .collect();
+    let is_socket = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
+    };
+    match candidates.iter().find(|path| is_socket(path)) {
+        Some(found) => Ok(found.clone()),
+        None => Err(candidates),
     }
 }

@@ -9,7 +9,8 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use therappai_broker::config::Config;
-use therappai_broker::{Daemon, reload::Reloader, store};
+use therappai_broker::telemetry::LogTarget;
+use therappai_broker::{Daemon, StatusLine, listener, notify, reload::Reloader, store};
 use tokio_util::sync::CancellationToken;
 
 /// Exit code for a configuration or usage error (sysexits EX_USAGE).
@@ -27,15 +28,28 @@ struct Args {
     /// Log filter, e.g. `info`, `debug`, `therappai_broker=trace`; RUST_LOG overrides it.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log_level: String,
+    /// Where logs go: `auto` is journald (with structured fields) when systemd connected
+    /// stderr to the journal, else stderr.
+    #[arg(long, value_name = "TARGET", value_enum, default_value = "auto")]
+    log_target: LogTarget,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = therappai_broker::telemetry::init(&args.log_level) {
+    if let Err(e) = therappai_broker::telemetry::init(&args.log_level, args.log_target) {
         eprintln!("therappai-broker: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
     harden();
+    // Before any thread exists: taking the socket clears LISTEN_* from the environment.
+    let systemd_socket = match listener::take_systemd_socket() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("therappai-broker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(e) => {
@@ -51,7 +65,7 @@ fn main() -> ExitCode {
             tracing::warn!(error = %e, "could not join a session keyring of our own");
         }
     }
-    match run(config, &args.config) {
+    match run(config, &args.config, systemd_socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -70,20 +84,28 @@ fn harden() {
     }
 }
 
-fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    config_path: &Path,
+    systemd_socket: Option<std::os::unix::net::UnixListener>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     let result = runtime.block_on(async {
-        let socket = config.socket.clone();
-        let daemon = Daemon::start(config)
+        let socket = match &systemd_socket {
+            Some(_) => "the socket systemd passed".to_owned(),
+            None => config.socket.display().to_string(),
+        };
+        let daemon = Daemon::start(config, systemd_socket)
             .await
-            .with_context(|| format!("start the broker on {}", socket.display()))?;
+            .with_context(|| format!("start the broker on {socket}"))?;
         let shutdown = CancellationToken::new();
         tokio::spawn(forward_signals(
             shutdown.clone(),
             daemon.reloader(),
+            daemon.status_line(),
             config_path.to_owned(),
         ));
         daemon.serve(shutdown).await.context("serve gRPC")?;
@@ -99,7 +121,12 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 const BLOCKING_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// SIGTERM or SIGINT → one shutdown signal for every task; SIGHUP → reload the policy.
-async fn forward_signals(shutdown: CancellationToken, reloader: Reloader, config_path: PathBuf) {
+async fn forward_signals(
+    shutdown: CancellationToken,
+    reloader: Reloader,
+    status: StatusLine,
+    config_path: PathBuf,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -115,10 +142,12 @@ async fn forward_signals(shutdown: CancellationToken, reloader: Reloader, config
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = hup.recv() => {
                 tracing::info!(file = %config_path.display(), "SIGHUP: reloading the config");
+                notify::reloading();
                 // Group lookups may block on NSS (LDAP, sssd): off the async workers.
                 let path = config_path.clone();
                 let reloader = &reloader;
                 tokio::task::block_in_place(move || reloader.reload(&path));
+                notify::reloaded(&status.current());
             }
         }
     }

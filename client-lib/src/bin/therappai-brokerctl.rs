@@ -47,7 +47,8 @@ const EXIT_CODES_HELP: &str = "Exit codes:
 #[command(version, about, after_help = EXIT_CODES_HELP)]
 struct Cli {
     /// Broker socket [default: $THERAPPAI_BROKER_SOCKET, else
-    /// $XDG_RUNTIME_DIR/therappai-broker/broker.sock, or /run/therappai-broker/broker.sock as root]
+    /// $XDG_RUNTIME_DIR/therappai-broker/broker.sock when it exists, else
+    /// /run/therappai-broker/broker.sock]
     #[arg(
         long,
         global = true,
@@ -165,7 +166,7 @@ fn exit_code(e: &Error) -> u8 {
     match e {
         Error::NotLoggedIn { .. } => exit::NOT_LOGGED_IN,
         Error::PermissionDenied { .. } => exit::PERMISSION_DENIED,
-        Error::Unreachable { .. } | Error::NoSocketPath(_) => exit::UNREACHABLE,
+        Error::Unreachable { .. } | Error::NoBroker { .. } => exit::UNREACHABLE,
         Error::Upstream { .. } => exit::UPSTREAM,
         Error::InvalidCredentials { .. } => exit::INVALID_CREDENTIALS,
         Error::UnknownAccount { .. } => exit::UNKNOWN_ACCOUNT,
