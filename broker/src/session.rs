@@ -72,9 +72,13 @@ impl Sessions {
             match self.store.load(account).await {
                 Ok(Some(refresh)) => {
                     let mut state = slot.state();
-                    let expired =
-                        jwt::expiry(refresh.expose()).is_some_and(|exp| exp <= self.clock.now());
-                    tracing::info!(account, refresh_sha256 = %refresh.fingerprint(), expired, "restored session from the store");
+                    // Only for the log: therappai decides whether the token still works. An
+                    // exp no clock can hold is said so, never a reason to stop starting.
+                    let expired = match jwt::expiry(refresh.expose()) {
+                        Ok(exp) => exp.is_some_and(|exp| exp <= self.clock.now()).to_string(),
+                        Err(err) => format!("unknown ({err})"),
+                    };
+                    tracing::info!(account, refresh_sha256 = %refresh.fingerprint(), %expired, "restored session from the store");
                     state.refresh = Some(refresh);
                     state.refresh_stored = true;
                     state.store_unread = false;

@@ -32,7 +32,9 @@ pub struct LoginTokens {
 /// rotates them.
 #[derive(Debug)]
 pub struct Refreshed {
-    pub access: IssuedAccess,
+    /// An error when the access token cannot be used (an `exp` no clock can hold). The
+    /// rotated token is kept either way: the server has already retired the old one.
+    pub access: Result<IssuedAccess, UpstreamError>,
     pub rotated: Option<RefreshToken>,
 }
 
@@ -148,9 +150,10 @@ impl Upstream {
             200 => parse_tokens(&bytes).and_then(|t| {
                 let access = t.access.ok_or_else(|| missing("access"))?;
                 let refresh = t.refresh.ok_or_else(|| missing("refresh"))?;
+                let refresh = RefreshToken::new(refresh);
                 Ok(LoginTokens {
-                    access: issued(access),
-                    refresh: RefreshToken::new(refresh),
+                    access: issued(access)?,
+                    refresh,
                 })
             }),
             401 => Err(UpstreamError::InvalidCredentials),
@@ -169,8 +172,8 @@ impl Upstream {
             200 => parse_tokens(&bytes).and_then(|t| {
                 let access = t.access.ok_or_else(|| missing("access"))?;
                 Ok(Refreshed {
-                    access: issued(access),
                     rotated: t.refresh.map(RefreshToken::new),
+                    access: issued(access),
                 })
             }),
             _ => Err(error_for(status, &bytes, &secrets)),
@@ -244,14 +247,21 @@ impl Upstream {
     }
 }
 
-fn issued(access: String) -> IssuedAccess {
+/// The access token with its expiry; an `exp` claim no clock can hold is a malformed
+/// answer (the token is zeroized when dropped).
+fn issued(access: String) -> Result<IssuedAccess, UpstreamError> {
     let received_at = SystemTime::now();
-    let expires_at = jwt::expiry(&access).unwrap_or(received_at + DEFAULT_ACCESS_LIFETIME);
-    IssuedAccess {
-        token: AccessToken::new(access),
+    let token = AccessToken::new(access);
+    let expires_at = jwt::expiry(token.expose())
+        .map_err(|err| UpstreamError::Malformed {
+            what: format!("the access token cannot be used: {err}"),
+        })?
+        .unwrap_or(received_at + DEFAULT_ACCESS_LIFETIME);
+    Ok(IssuedAccess {
+        token,
         expires_at,
         received_at,
-    }
+    })
 }
 
 fn parse_tokens(bytes: &[u8]) -> Result<TokenBody, UpstreamError> {

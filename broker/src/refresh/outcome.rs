@@ -3,12 +3,13 @@
 //! result is dropped (a logout or revoke ran meanwhile).
 
 use super::{MIN_AHEAD_INTERVAL, Refresher, schedule};
-use crate::cache::{AccountSlot, ServedToken, SessionState};
+use crate::cache::{AccountSlot, ServedToken, SessionState, SlotState};
 use crate::error::BrokerError;
 use crate::jwt;
 use crate::secret::RefreshToken;
 use crate::store::StoreError;
 use crate::upstream::Refreshed;
+use std::time::SystemTime;
 
 impl Refresher {
     /// Stores a rotated refresh token first, then caches the access token and serves it
@@ -72,21 +73,24 @@ impl Refresher {
                 }
             }
         }
-        let access = refreshed.access;
+        // An unusable access token is never served, and the failure back-off keeps callers
+        // from refreshing again and again for tokens that can never be served. A rotated
+        // refresh token that came with it is kept (above): therappai retired the old one.
+        let access = match refreshed.access {
+            Ok(access) => access,
+            Err(err) => {
+                self.unusable_access(account, &mut state, now, err.to_string());
+                return Ok(Err(BrokerError::from_upstream(account, err)));
+            }
+        };
         if access.expires_at <= now {
-            // Expired on arrival by this machine's clock (a clock far ahead of therappai's): it
-            // is never served, and the failure back-off keeps callers from refreshing again
-            // and again for tokens that can never be served.
+            // Expired on arrival by this machine's clock (a clock far ahead of therappai's).
             let reason = format!(
                 "therappai issued an access token that had already expired by this machine's clock (it expires at {}, the clock says {}); check the clock (`timedatectl status`)",
                 crate::clock::utc_rfc3339(access.expires_at),
                 crate::clock::utc_rfc3339(now)
             );
-            tracing::error!(account, %reason, "refresh gave an unusable token");
-            state.access = None;
-            state.next_attempt_at = Some(now + self.config.failure_backoff);
-            state.last_refresh = Some((now, reason.clone()));
-            state.set_session(SessionState::Active, now, "");
+            self.unusable_access(account, &mut state, now, reason.clone());
             return Ok(Err(BrokerError::UpstreamUnavailable {
                 account: account.to_owned(),
                 reason,
@@ -114,6 +118,22 @@ impl Refresher {
         drop(state);
         tracing::info!(account, access_sha256 = %access_sha, generation, expires_at = jwt::unix_seconds(served.expires_at), "access token refreshed");
         Ok(Ok(served))
+    }
+
+    /// A refresh answered with an access token that cannot be served: none is cached, and
+    /// the failure back-off starts.
+    fn unusable_access(
+        &self,
+        account: &str,
+        state: &mut SlotState,
+        now: SystemTime,
+        reason: String,
+    ) {
+        tracing::error!(account, %reason, "refresh gave an unusable token");
+        state.access = None;
+        state.next_attempt_at = Some(now + self.config.failure_backoff);
+        state.last_refresh = Some((now, reason));
+        state.set_session(SessionState::Active, now, "");
     }
 
     /// The upstream rejected `refresh` for good: delete it and stop.
@@ -152,7 +172,16 @@ impl Refresher {
         refreshed: Refreshed,
     ) -> BrokerError {
         let account = slot.config.name.as_str();
-        tracing::warn!(account, access_sha256 = %refreshed.access.token.fingerprint(), "the session ended during this refresh; its result is dropped");
+        let access_sha256 = refreshed
+            .access
+            .as_ref()
+            .map(|a| a.token.fingerprint())
+            .unwrap_or_default();
+        tracing::warn!(
+            account,
+            access_sha256,
+            "the session ended during this refresh; its result is dropped"
+        );
         if let Some(rotated) = &refreshed.rotated {
             let outcome = self.upstream.revoke(rotated).await;
             tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token rotated during the ended session");
