@@ -74,9 +74,8 @@ impl Daemon {
     /// Opens the store, restores sessions and binds the socket. Must run inside a tokio
     /// runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let choice = config.store.backend;
-        let service_name = config.store.service.clone();
-        let store = tokio::task::spawn_blocking(move || store::open(choice, &service_name))
+        let store_config = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || store::open(&store_config))
             .await
             .map_err(|e| StartError::Upstream(format!("store start-up task failed: {e}")))??;
         let store = StoreHandle::new(store);
