@@ -99,6 +99,12 @@ pub struct StoreConfig {
     pub backend: BackendChoice,
     /// Keyring service name the entries are filed under.
     pub service: String,
+    /// `[store] file`: the encrypted-file store's file (default under the state directory,
+    /// see `paths::default_store_file`).
+    pub file: Option<PathBuf>,
+    /// `[store] key_file`: the encrypted-file store's key outside systemd (under systemd the
+    /// credential `store-key` is used when this is not set).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -242,6 +248,39 @@ impl RawRefresh {
 struct RawStore {
     backend: Option<BackendChoice>,
     service: Option<String>,
+    file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+impl RawStore {
+    fn validate(self, service: String) -> Result<StoreConfig, String> {
+        let backend = self.backend.unwrap_or(BackendChoice::Auto);
+        for (key, path) in [("file", &self.file), ("key_file", &self.key_file)] {
+            let Some(path) = path else { continue };
+            if !path.is_absolute() {
+                return Err(format!(
+                    "[store] {key} must be an absolute path, got {}",
+                    path.display()
+                ));
+            }
+            // A key that has no effect would mislead whoever reads the config.
+            if matches!(
+                backend,
+                BackendChoice::SecretService | BackendChoice::Keyutils
+            ) {
+                return Err(format!(
+                    "[store] {key} is used by backend = \"encrypted-file\" (or \"auto\") only, but backend = \"{}\"; remove {key} or change the backend",
+                    backend.as_str()
+                ));
+            }
+        }
+        Ok(StoreConfig {
+            backend,
+            service,
+            file: self.file,
+            key_file: self.key_file,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +334,7 @@ impl Config {
         let service = raw
             .store
             .service
+            .clone()
             .unwrap_or_else(|| paths::KEYRING_SERVICE.to_owned());
         if service.is_empty() || !service.starts_with(paths::KEYRING_SERVICE) {
             return Err(invalid(format!(
@@ -303,6 +343,7 @@ impl Config {
             )));
         }
 
+        let store = raw.store.validate(service).map_err(invalid)?;
         let upstream = validate_upstream(raw.upstream).map_err(invalid)?;
         let socket_access =
             validate_socket_access(raw.socket_group, raw.socket_mode).map_err(invalid)?;
@@ -348,10 +389,7 @@ impl Config {
             socket_access,
             policy,
             refresh,
-            store: StoreConfig {
-                backend: raw.store.backend.unwrap_or(BackendChoice::Auto),
-                service,
-            },
+            store,
             upstream,
             accounts,
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(5)),
@@ -679,6 +717,38 @@ email = "alice@example.com"
         assert!(message.contains("max_lockout_seconds"), "{message}");
         let typo = format!("{GOOD}\n[login_limits]\nfailures = 3\n");
         assert!(parse(&typo).is_err());
+    }
+
+    #[test]
+    fn encrypted_file_keys_parse_and_are_checked() {
+        let text = GOOD.replace(
+            "backend = \"keyutils\"",
+            "backend = \"encrypted-file\"\nfile = \"/var/lib/x/tokens.enc\"\nkey_file = \"/etc/x/store.key\"",
+        );
+        let store = parse(&text).expect("valid").store;
+        assert_eq!(store.backend, BackendChoice::EncryptedFile);
+        assert_eq!(
+            store.file.as_deref(),
+            Some(Path::new("/var/lib/x/tokens.enc"))
+        );
+        assert_eq!(
+            store.key_file.as_deref(),
+            Some(Path::new("/etc/x/store.key"))
+        );
+        let relative = text.replace("/etc/x/store.key", "store.key");
+        let message = parse(&relative).expect_err("relative").to_string();
+        assert!(
+            message.contains("key_file must be an absolute path"),
+            "{message}"
+        );
+        let unused = GOOD.replace("[store]", "[store]\nkey_file = \"/etc/x/store.key\"");
+        let message = parse(&unused).expect_err("no effect").to_string();
+        assert!(message.contains("remove key_file"), "{message}");
+        let auto = GOOD.replace("backend = \"keyutils\"", "key_file = \"/etc/x/k\"");
+        assert_eq!(
+            parse(&auto).expect("auto").store.backend,
+            BackendChoice::Auto
+        );
     }
 
     #[test]

@@ -81,9 +81,8 @@ impl Daemon {
         config: Config,
         systemd_socket: Option<std::os::unix::net::UnixListener>,
     ) -> Result<Self, StartError> {
-        let choice = config.store.backend;
-        let service_name = config.store.service.clone();
-        let store = tokio::task::spawn_blocking(move || store::open(choice, &service_name))
+        let store_config = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || store::open(&store_config))
             .await
             .map_err(|e| StartError::Upstream(format!("store start-up task failed: {e}")))??;
         let store = StoreHandle::new(store);

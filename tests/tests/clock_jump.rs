@@ -54,7 +54,7 @@ async fn after_a_wall_clock_jump_past_expiry_no_expired_token_is_served() {
     );
     let config_path = dir.path().join("broker.toml");
     let config = Config::parse(&text, &config_path).expect("config");
-    let keyring = store::open(config.store.backend, &config.store.service).expect("keyutils store");
+    let keyring = store::open(&config.store).expect("keyutils store");
     let clock = Arc::new(JumpingClock::default());
     let daemon = Daemon::start_with(config, store::StoreHandle::new(keyring), clock.clone())
         .await

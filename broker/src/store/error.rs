@@ -3,7 +3,9 @@
 //! no panic payload).
 
 use super::Backend;
+use super::encrypted_file::FileProblem;
 use std::fmt;
+use std::path::PathBuf;
 
 /// The store operation that failed, with its account: context for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub enum Op {
     Delete(String),
     /// Listing the accounts that have entries.
     List,
+    /// Re-encrypting the encrypted-file store under a new key.
+    Rekey,
 }
 
 impl fmt::Display for Op {
@@ -29,6 +33,7 @@ impl fmt::Display for Op {
             Self::Save(a) => write!(f, "save the refresh token of account \"{a}\""),
             Self::Delete(a) => write!(f, "delete the refresh token of account \"{a}\""),
             Self::List => f.write_str("list the accounts in the store"),
+            Self::Rekey => f.write_str("re-encrypt the store file under the new key"),
         }
     }
 }
@@ -122,6 +127,77 @@ pub enum StoreError {
         /// The backend's own words.
         detail: String,
     },
+    /// The encrypted-file store found no key to use.
+    #[error(
+        "the encrypted-file store has no key: under systemd give the unit LoadCredentialEncrypted=store-key:/etc/therappai-broker/store-key.cred (create it with `head -c 32 /dev/urandom | systemd-creds encrypt --name=store-key --with-key=host - /etc/therappai-broker/store-key.cred`); outside systemd set [store] key_file to a file of 32 random bytes (`(umask 077; head -c 32 /dev/urandom > FILE)`)"
+    )]
+    NoKey,
+    /// The key (credential or key file) cannot be used.
+    #[error("cannot use the store key, {key}: {problem}")]
+    Key {
+        /// Where the key was looked for ("the key file /etc/…", "the systemd credential …").
+        key: String,
+        /// What is wrong, with the fix.
+        problem: String,
+    },
+    /// The store file cannot be read as a store with this key. Start-up stops; the file is
+    /// left exactly as it was.
+    #[error(
+        "the encrypted store file {} {problem}. The broker did not change the file.",
+        path.display()
+    )]
+    File {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong with it, with the fix.
+        problem: FileProblem,
+    },
+    /// Another process (a second broker, or a `--rekey`) holds the store file's lock.
+    #[error(
+        "the encrypted store file {} is in use by another therappai-broker process (it holds the lock {}); two brokers cannot share one store file: stop the other one first (e.g. `systemctl stop therappai-broker.service`), or give this one its own [store] file",
+        path.display(),
+        lock.display()
+    )]
+    InUse {
+        /// The store file.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
+    /// The store's directory is unsafe or cannot be created.
+    #[error("the encrypted store's directory {} cannot be used: {problem}", path.display())]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong, with the fix.
+        problem: String,
+    },
+    /// `--rekey` with a config whose store is not the encrypted file.
+    #[error(
+        "--rekey re-encrypts the encrypted-file store, but this config sets [store] backend = \"{backend}\"; there is no key to rotate"
+    )]
+    NotEncryptedFile {
+        /// The configured backend.
+        backend: &'static str,
+    },
+    /// No default location for the store file could be found.
+    #[error("the encrypted store file has no default location: {detail}")]
+    NoStateDirectory {
+        /// What was missing.
+        detail: &'static str,
+    },
+    /// A file-system call of the encrypted-file store failed.
+    #[error("the encrypted-file store could not {op}: {action} {}: {error}", path.display())]
+    Io {
+        /// What the broker was doing, with the account.
+        op: Op,
+        /// The step that failed ("open", "write", "fsync", "rename over", …).
+        action: &'static str,
+        /// The file the step worked on.
+        path: PathBuf,
+        /// The OS's answer (not `source`: the message already shows it).
+        error: std::io::Error,
+    },
     /// The blocking task running the store call died.
     #[error(
         "the {backend} store task {how} while trying to {op}; the broker keeps running, try again"
@@ -148,7 +224,7 @@ impl StoreError {
         use keyring_core::Error as E;
         let account = match &op {
             Op::Load(a) | Op::Save(a) | Op::Delete(a) => a.clone(),
-            Op::Open | Op::List => String::new(),
+            Op::Open | Op::List | Op::Rekey => String::new(),
         };
         match err {
             E::NoStorageAccess(e) if backend == Backend::SecretService => Self::Locked {

@@ -1,6 +1,6 @@
 //! Secure store: owns the refresh tokens at rest, one entry per account in the OS secure
-//! storage — the Secret Service (gnome-keyring, KWallet, … over the D-Bus session bus) or the
-//! kernel keyutils keyring.
+//! storage — the Secret Service (gnome-keyring, KWallet, … over the D-Bus session bus), the
+//! kernel keyutils keyring, or an encrypted file (system services).
 //!
 //! It must never log a token or put one in an error message (errors carry the backend, the
 //! operation and the account name only), and it must never be called from async code
@@ -34,7 +34,19 @@
 //! old keyring. So the keyutils store checks the calling thread before every operation and
 //! joins a fresh anonymous session keyring ([`join_session_keyring`]) when the thread has
 //! none of its own; calling it once in `main` before any thread starts is still good hygiene.
+//!
+//! # encrypted-file: for system services
+//!
+//! A system service has no Secret Service, and the kernel keyring is gone after a reboot. The
+//! [`encrypted_file`] backend keeps every entry in one XChaCha20-Poly1305-encrypted file under
+//! the state directory, with the key from the systemd credential `store-key` or a key file.
+//!
+//! # `auto`, and saying why
+//!
+//! [`open`] wraps whichever store it opens so that [`Store::describe`] ends with why that
+//! backend was chosen (set in the config, or what `auto` found), which `status` shows.
 
+pub mod encrypted_file;
 mod error;
 mod keyutils;
 mod memory;
@@ -45,8 +57,11 @@ pub use keyutils::join_session_keyring;
 #[doc(hidden)]
 pub use memory::MemoryStore;
 
+use crate::config::StoreConfig;
 use crate::secret::RefreshToken;
+use encrypted_file::KeySource;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Which OS backend holds the refresh tokens.
@@ -56,6 +71,8 @@ pub enum Backend {
     SecretService,
     /// The kernel key retention service (session + persistent keyrings).
     Keyutils,
+    /// One encrypted file under the state directory.
+    EncryptedFile,
 }
 
 impl fmt::Display for Backend {
@@ -63,20 +80,37 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Self::SecretService => "secret-service",
             Self::Keyutils => "keyutils",
+            Self::EncryptedFile => "encrypted-file",
         })
     }
 }
 
-/// What the config asked for: `backend = "auto" | "secret-service" | "keyutils"`.
+/// What the config asked for: `backend = "auto" | "secret-service" | "keyutils" |
+/// "encrypted-file"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
-    /// Secret Service when the session bus offers it, else keyutils.
+    /// Secret Service when the session bus offers it, else encrypted-file when its key is
+    /// there (credential or `key_file`), else keyutils.
     Auto,
     /// Secret Service only; fail if it is not there.
     SecretService,
     /// Kernel keyutils only.
     Keyutils,
+    /// The encrypted file only; fail without its key.
+    EncryptedFile,
+}
+
+impl BackendChoice {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::SecretService => "secret-service",
+            Self::Keyutils => "keyutils",
+            Self::EncryptedFile => "encrypted-file",
+        }
+    }
 }
 
 /// Blocking interface to one backend. One instance per process, created once (Secret Service
@@ -97,33 +131,149 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn accounts(&self) -> Result<Vec<String>, StoreError>;
 }
 
-/// Opens the backend. `service` is the keyring service name (default "therappai-broker";
-/// tests pass unique names so parallel tests never share entries).
+/// Opens the backend `config` asks for. `config.service` is the keyring service name (default
+/// "therappai-broker"; tests pass unique names so parallel tests never share entries).
 ///
 /// `Auto` takes the Secret Service when a session bus is present and answers for
-/// `org.freedesktop.secrets` within a few seconds, else keyutils; it never hangs on a missing
-/// or silent bus. Blocking: call it from `spawn_blocking` or before the runtime starts.
-pub fn open(choice: BackendChoice, service: &str) -> Result<Arc<dyn Store>, StoreError> {
-    match choice {
-        BackendChoice::SecretService => Ok(Arc::new(secret_service::SecretServiceStore::open(
-            service,
-            secret_service::CONNECT_TIMEOUT,
-        )?)),
-        BackendChoice::Keyutils => Ok(Arc::new(keyutils::KeyutilsStore::open(service)?)),
+/// `org.freedesktop.secrets` within a few seconds; else the encrypted file when its key is
+/// there (the systemd credential `store-key`, or a configured `key_file`); else keyutils. It
+/// never hangs on a missing or silent bus. The store's `describe()` ends with why it was
+/// chosen. Blocking: call it from `spawn_blocking` or before the runtime starts.
+pub fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    let service = config.service.as_str();
+    let set_by = format!("set by [store] backend = \"{}\"", config.backend.as_str());
+    match config.backend {
+        BackendChoice::SecretService => chosen(
+            secret_service::SecretServiceStore::open(service, secret_service::CONNECT_TIMEOUT)?,
+            set_by,
+        ),
+        BackendChoice::Keyutils => chosen(keyutils::KeyutilsStore::open(service)?, set_by),
+        BackendChoice::EncryptedFile => {
+            let key = KeySource::find(config.key_file.as_deref()).ok_or(StoreError::NoKey)?;
+            chosen(open_encrypted_file(config, key)?, set_by)
+        }
         BackendChoice::Auto => {
             match secret_service::SecretServiceStore::open(service, secret_service::PROBE_TIMEOUT) {
-                Ok(store) => Ok(Arc::new(store)),
+                Ok(store) => chosen(
+                    store,
+                    "chosen by backend = \"auto\": the session bus offers a Secret Service"
+                        .to_owned(),
+                ),
                 Err(
                     e @ (StoreError::NoSessionBus { .. }
                     | StoreError::NoSecretService { .. }
                     | StoreError::Timeout { .. }),
                 ) => {
-                    tracing::info!(reason = %e, "no usable Secret Service; using the kernel keyring");
-                    Ok(Arc::new(keyutils::KeyutilsStore::open(service)?))
+                    let no_ss = why_no_secret_service(&e);
+                    match KeySource::find(config.key_file.as_deref()) {
+                        Some(key) => {
+                            tracing::info!(reason = %e, key = %key, "no usable Secret Service; using the encrypted file");
+                            let why = format!(
+                                "chosen by backend = \"auto\": {no_ss}, and {key} is there"
+                            );
+                            chosen(open_encrypted_file(config, key)?, why)
+                        }
+                        None => {
+                            tracing::info!(reason = %e, "no usable Secret Service and no encrypted-file key; using the kernel keyring");
+                            let why = format!(
+                                "chosen by backend = \"auto\": {no_ss}, and no encrypted-file key is set up (no $CREDENTIALS_DIRECTORY/{}, no [store] key_file)",
+                                encrypted_file::CREDENTIAL_NAME
+                            );
+                            chosen(keyutils::KeyutilsStore::open(service)?, why)
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+/// The encrypted-file store's file: `[store] file`, or the default under the state directory.
+pub fn encrypted_file_path(config: &StoreConfig) -> Result<PathBuf, StoreError> {
+    match &config.file {
+        Some(file) => Ok(file.clone()),
+        None => crate::paths::default_store_file()
+            .map_err(|detail| StoreError::NoStateDirectory { detail }),
+    }
+}
+
+/// Re-encrypts the encrypted-file store of `config` (old key found as at start-up) under the
+/// key in `new_key_file`, atomically. Refused while a broker holds the file. See
+/// [`encrypted_file::rekey`].
+pub fn rekey(
+    config: &StoreConfig,
+    new_key_file: &Path,
+) -> Result<encrypted_file::Rekeyed, StoreError> {
+    let old = match config.backend {
+        BackendChoice::EncryptedFile | BackendChoice::Auto => {
+            KeySource::find(config.key_file.as_deref()).ok_or(StoreError::NoKey)?
+        }
+        BackendChoice::SecretService | BackendChoice::Keyutils => {
+            return Err(StoreError::NotEncryptedFile {
+                backend: config.backend.as_str(),
+            });
+        }
+    };
+    encrypted_file::rekey(&encrypted_file_path(config)?, old, new_key_file)
+}
+
+fn open_encrypted_file(
+    config: &StoreConfig,
+    key: KeySource,
+) -> Result<encrypted_file::EncryptedFileStore, StoreError> {
+    encrypted_file::EncryptedFileStore::open(&encrypted_file_path(config)?, key)
+}
+
+/// A short clause for `describe()`: why `auto` passed over the Secret Service.
+fn why_no_secret_service(e: &StoreError) -> String {
+    match e {
+        StoreError::NoSessionBus { detail } => format!("there is no D-Bus session bus ({detail})"),
+        StoreError::NoSecretService { .. } => "the D-Bus session has no Secret Service".to_owned(),
+        StoreError::Timeout { seconds } => {
+            format!("the Secret Service did not answer within {seconds} s")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn chosen(store: impl Store, why: String) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(Chosen {
+        inner: Box::new(store),
+        why,
+    }))
+}
+
+/// An opened store with the reason it was chosen, so `status` can say why.
+#[derive(Debug)]
+struct Chosen {
+    inner: Box<dyn Store>,
+    why: String,
+}
+
+impl Store for Chosen {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+
+    fn describe(&self) -> String {
+        format!("{}; {}", self.inner.describe(), self.why)
+    }
+
+    fn load(&self, account: &str) -> Result<Option<RefreshToken>, StoreError> {
+        self.inner.load(account)
+    }
+
+    fn save(&self, account: &str, token: &RefreshToken) -> Result<(), StoreError> {
+        self.inner.save(account, token)
+    }
+
+    fn delete(&self, account: &str) -> Result<bool, StoreError> {
+        self.inner.delete(account)
+    }
+
+    fn accounts(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.accounts()
     }
 }
 

@@ -176,5 +176,22 @@ fn backend_names_and_config_values() {
         BackendChoice::SecretService
     );
     assert_eq!(parse("keyutils").unwrap(), BackendChoice::Keyutils);
+    assert_eq!(Backend::EncryptedFile.to_string(), "encrypted-file");
+    assert_eq!(
+        parse("encrypted-file").unwrap(),
+        BackendChoice::EncryptedFile
+    );
+    for choice in [
+        BackendChoice::Auto,
+        BackendChoice::SecretService,
+        BackendChoice::Keyutils,
+        BackendChoice::EncryptedFile,
+    ] {
+        assert_eq!(
+            parse(choice.as_str()).unwrap(),
+            choice,
+            "as_str round-trips"
+        );
+    }
     assert!(parse("memory").is_err(), "the test store is not selectable");
 }
