@@ -11,6 +11,7 @@
 #![deny(clippy::print_stdout)]
 
 pub mod audit;
+pub mod authority;
 pub mod cache;
 pub mod clock;
 pub mod config;
