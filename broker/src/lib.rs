@@ -12,6 +12,7 @@
 #![deny(clippy::print_stdout)]
 
 pub mod audit;
+pub mod authority;
 pub mod cache;
 pub mod capability;
 pub mod clock;

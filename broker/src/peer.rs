@@ -110,6 +110,8 @@ impl PeerIdentity {
 pub struct PeerConnection {
     stream: UnixStream,
     peer: ConnectedPeer,
+    /// Reads pass through `:authority` normalisation (see `authority`).
+    authority: crate::authority::AuthorityFix,
 }
 
 impl PeerConnection {
@@ -120,6 +122,7 @@ impl PeerConnection {
         Ok(Self {
             stream,
             peer: ConnectedPeer(Arc::new(identity)),
+            authority: crate::authority::AuthorityFix::default(),
         })
     }
 
@@ -142,7 +145,9 @@ impl AsyncRead for PeerConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        this.authority
+            .poll_read(Pin::new(&mut this.stream), cx, buf)
     }
 }
 
