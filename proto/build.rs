@@ -10,7 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let server = std::env::var_os("CARGO_FEATURE_SERVER").is_some();
     let client = std::env::var_os("CARGO_FEATURE_CLIENT").is_some();
+    // The descriptor set backs server reflection (grpcurl `list`/`describe` with no .proto).
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("therappai_broker_v1.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
         .build_server(server)
         .build_client(client)
         // These messages carry a password or a token: their Debug is written by hand (lib.rs)

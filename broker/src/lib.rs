@@ -19,13 +19,16 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod groups;
+pub mod health;
 pub mod jwt;
 pub mod listener;
 pub mod notify;
+pub mod metrics;
 pub mod paths;
 pub mod peer;
 pub mod policy;
 pub mod ratelimit;
+pub mod reflection;
 pub mod refresh;
 pub mod reload;
 pub mod secret;
@@ -62,6 +65,9 @@ pub enum StartError {
     /// The socket could not be set up.
     #[error(transparent)]
     Listener(#[from] listener::ListenerError),
+    /// The reflection descriptors do not decode (a build bug).
+    #[error("cannot set up server reflection: {0}")]
+    Reflection(#[from] reflection::ReflectionError),
 }
 
 /// A started broker: store open, accounts restored, socket bound. Serving starts with
@@ -72,6 +78,8 @@ pub struct Daemon {
     listening: listener::Listening,
     service: BrokerService,
     store_backend: String,
+    /// Health and reflection, served beside the broker on the same socket.
+    conventions: tonic::service::Routes,
 }
 
 impl Daemon {
@@ -107,7 +115,12 @@ impl Daemon {
         systemd_socket: Option<std::os::unix::net::UnixListener>,
     ) -> Result<Self, StartError> {
         let store_backend = store.backend().to_string();
-        let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
+        let account_names: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
+        let metrics = Arc::new(metrics::Metrics::new(&account_names));
+        let store = store.observed_by(Arc::clone(&metrics));
+        let upstream = Upstream::new(&config.upstream)
+            .map_err(StartError::Upstream)?
+            .with_metrics(Arc::clone(&metrics));
         let cache = Arc::new(Cache::new(&config.accounts));
         let sessions = Arc::new(Sessions::new(
             Arc::clone(&cache),
@@ -146,13 +159,19 @@ impl Daemon {
             sessions,
             login_limiter,
             clock,
+            metrics: Arc::clone(&metrics),
             streams_stop: CancellationToken::new(),
         };
+        let (reflection_v1, reflection_v1alpha) = reflection::services()?;
+        let conventions = tonic::service::Routes::new(health::service(&metrics).await)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         Ok(Self {
             config,
             listening,
             service,
             store_backend,
+            conventions,
         })
     }
 
@@ -183,6 +202,7 @@ impl Daemon {
             listening,
             service,
             store_backend,
+            conventions,
         } = self;
         let listener::Listening {
             listener,
@@ -221,9 +241,11 @@ impl Daemon {
         }
         let service_refresher = Arc::clone(&service.refresher);
         let cache = Arc::clone(&service.cache);
-        let incoming = listener::incoming(listener);
+        let incoming =
+            metrics::count_connections(listener::incoming(listener), Arc::clone(&service.metrics));
         let stop = shutdown.clone();
         let server = tonic::transport::Server::builder()
+            .add_routes(conventions)
             .add_service(BrokerServer::new(service))
             .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tokio::pin!(server);

@@ -34,6 +34,8 @@ pub struct BrokerService {
     pub sessions: Arc<Sessions>,
     pub login_limiter: Arc<SharedLimiter>,
     pub clock: Arc<dyn Clock>,
+    /// Counters and gauges for `GetMetrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Cancelled at shutdown, so WatchSession streams end instead of holding it up.
     pub streams_stop: CancellationToken,
 }
@@ -59,6 +61,7 @@ impl BrokerService {
             }
             Decision::Deny { rule, hint } => {
                 self.audit.deny(&peer, rpc, account, &rule);
+                self.metrics.denial(rpc);
                 Err(denied(&peer, &action.describe(), &rule, &hint))
             }
         }
@@ -89,10 +92,10 @@ impl BrokerService {
         let password = Password::new(std::mem::take(&mut body.password));
         // Before anything else, so a locked-out caller learns nothing (not even whether an
         // account name exists) and never reaches the upstream.
-        let attempt = self
-            .login_limiter
-            .begin(uid, &account)
-            .map_err(|refusal| self.rate_limited(&account, uid, refusal))?;
+        let attempt = self.login_limiter.begin(uid, &account).map_err(|refusal| {
+            self.metrics.login("rate-limited");
+            self.rate_limited(&account, uid, refusal)
+        })?;
         self.account_slot(&account)?;
         if password.expose().is_empty() {
             return Err(BrokerError::InvalidArgument {
@@ -101,6 +104,7 @@ impl BrokerService {
         }
         let result = self.sessions.login(&account, password).await;
         let outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason());
+        self.metrics.login(outcome);
         self.audit
             .admin(&who.peer, "Login", &account, &who.rule, outcome);
         let lockouts = attempt.finish(match &result {
@@ -109,6 +113,7 @@ impl BrokerService {
             Err(_) => Outcome::Neutral,
         });
         for lockout in lockouts {
+            self.metrics.lockout(lockout.scope);
             tracing::warn!(target: "audit", event = "login-lockout", scope = %lockout.scope.describe(), uid, account, strikes = lockout.strikes, until = %crate::clock::utc_rfc3339(lockout.until), "too many failed logins: login locked out");
         }
         let expires_at = result?;
@@ -143,6 +148,7 @@ impl BrokerService {
             Decision::Allow { rule } => self.audit.grant(&peer, "Status", "", &rule),
             Decision::Deny { rule, hint } => {
                 self.audit.deny(&peer, "Status", "", &rule);
+                self.metrics.denial("Status");
                 return Err(denied(&peer, "see the status of any account", &rule, &hint));
             }
         }
@@ -172,6 +178,20 @@ impl BrokerService {
             accounts,
             broker_version: env!("CARGO_PKG_VERSION").to_owned(),
         })
+    }
+}
+
+impl BrokerService {
+    /// Admin: the metrics text. Audited like every admin action.
+    fn get_metrics_inner(
+        &self,
+        request: &Request<pb::GetMetricsRequest>,
+    ) -> Result<pb::GetMetricsResponse, BrokerError> {
+        let who = self.authorize(request, "GetMetrics", Action::Admin)?;
+        let text = self.metrics.render(&self.cache);
+        self.audit
+            .admin(&who.peer, "GetMetrics", "", &who.rule, "ok");
+        Ok(pb::GetMetricsResponse { text })
     }
 }
 
@@ -269,5 +289,12 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(self.status_inner(request)?))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        Ok(Response::new(self.get_metrics_inner(&request)?))
     }
 }

@@ -74,6 +74,18 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The outcome label of this failure in the metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "invalid-credentials",
+            Self::TokenNotValid { .. } => "token-not-valid",
+            Self::Refused { .. } => "refused",
+            Self::Unavailable { .. } => "unavailable",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::Malformed { .. } => "malformed",
+        }
+    }
+
     /// Whether a later attempt could succeed without a new login.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::RateLimited { .. })
@@ -89,6 +101,8 @@ pub struct Upstream {
     http: reqwest::Client,
     base_url: String,
     revoke_path: Option<String>,
+    /// Request latency and refresh outcomes.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Deserialize)]
@@ -130,7 +144,15 @@ impl Upstream {
             http,
             base_url: config.base_url.clone(),
             revoke_path: config.revoke_path.clone(),
+            metrics: std::sync::Arc::default(),
         })
+    }
+
+    /// Records request latency and refresh outcomes in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -144,7 +166,7 @@ impl Upstream {
         password: &Password,
     ) -> Result<LoginTokens, UpstreamError> {
         let body = serde_json::json!({ "email": email, "password": password.expose() });
-        let (status, mut bytes) = self.post("/login/", body).await?;
+        let (status, mut bytes) = self.post("login", "/login/", body).await?;
         let secrets = [password.expose()];
         let result = match status {
             200 => parse_tokens(&bytes).and_then(|t| {
@@ -165,8 +187,17 @@ impl Upstream {
 
     /// `POST /refresh/` with the refresh token in the body.
     pub async fn refresh(&self, refresh: &RefreshToken) -> Result<Refreshed, UpstreamError> {
+        let result = self.refresh_once(refresh).await;
+        self.metrics.refresh(match &result {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        });
+        result
+    }
+
+    async fn refresh_once(&self, refresh: &RefreshToken) -> Result<Refreshed, UpstreamError> {
         let body = serde_json::json!({ "refresh": refresh.expose() });
-        let (status, mut bytes) = self.post("/refresh/", body).await?;
+        let (status, mut bytes) = self.post("refresh", "/refresh/", body).await?;
         let secrets = [refresh.expose()];
         let result = match status {
             200 => parse_tokens(&bytes).and_then(|t| {
@@ -189,7 +220,7 @@ impl Upstream {
             return Revocation::NotConfigured;
         };
         let body = serde_json::json!({ "refresh": refresh.expose() });
-        match self.post(&path, body).await {
+        match self.post("revoke", &path, body).await {
             Ok((200..=299, mut bytes)) => {
                 bytes.zeroize();
                 Revocation::Done
@@ -206,8 +237,21 @@ impl Upstream {
         }
     }
 
-    /// One POST with a JSON body; returns the status and the raw body.
+    /// One POST with a JSON body, timed for the `endpoint` latency histogram.
     async fn post(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(u16, Vec<u8>), UpstreamError> {
+        let started = std::time::Instant::now();
+        let result = self.post_untimed(path, body).await;
+        self.metrics.upstream_request(endpoint, started.elapsed());
+        result
+    }
+
+    /// One POST with a JSON body; returns the status and the raw body.
+    async fn post_untimed(
         &self,
         path: &str,
         mut body: serde_json::Value,

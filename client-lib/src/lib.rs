@@ -238,6 +238,16 @@ impl Client {
             .map_err(|s| Error::from_status(s, &account, &self.socket))
     }
 
+    /// Admin: the broker's metrics, Prometheus text exposition format 0.0.4. Carries no
+    /// token, password or e-mail.
+    pub async fn metrics(&mut self) -> Result<String, Error> {
+        self.inner
+            .get_metrics(proto::GetMetricsRequest {})
+            .await
+            .map(|r| r.into_inner().text)
+            .map_err(|s| Error::from_status(s, "", &self.socket))
+    }
+
     /// The state of every account the caller may see. Carries no token.
     pub async fn status(&mut self) -> Result<proto::StatusResponse, Error> {
         self.inner

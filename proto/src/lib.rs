@@ -27,6 +27,11 @@ pub mod v1 {
     }
 }
 
+/// The encoded `FileDescriptorSet` of `therappai.broker.v1`, for server reflection. The
+/// schema is public: reflection reveals nothing the published .proto does not.
+#[cfg(feature = "server")]
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("therappai_broker_v1");
+
 /// Environment variable that overrides the socket path for clients.
 pub const SOCKET_ENV: &str = "THERAPPAI_BROKER_SOCKET";
 

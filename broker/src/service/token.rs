@@ -8,6 +8,7 @@ use crate::cache::{AccountSlot, SessionEvent};
 use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::jwt::unix_seconds;
+use crate::metrics::TokenOutcome;
 use crate::peer::PeerIdentity;
 use crate::policy::{Action, Decision, SharedPolicy};
 use crate::refresh::Need;
@@ -35,23 +36,37 @@ impl BrokerService {
         &self,
         request: Request<pb::GetAccessTokenRequest>,
     ) -> Result<pb::GetAccessTokenResponse, BrokerError> {
-        let account = request.get_ref().account.clone();
-        self.authorize(
-            &request,
-            "GetAccessToken",
-            Action::Token { account: &account },
-        )?;
-        let slot = self.account_slot(&account)?;
+        let result = self.serve_token(&request).await;
+        let account = request.get_ref().account.as_str();
+        self.metrics.token_request(
+            account,
+            match &result {
+                Ok((_, outcome)) => *outcome,
+                Err(e) => TokenOutcome::Failed(e.reason()),
+            },
+        );
+        result.map(|(response, _)| response)
+    }
+
+    /// The token for a GetAccessToken call, and whether memory had it.
+    async fn serve_token(
+        &self,
+        request: &Request<pb::GetAccessTokenRequest>,
+    ) -> Result<(pb::GetAccessTokenResponse, TokenOutcome), BrokerError> {
+        let account = request.get_ref().account.as_str();
+        self.authorize(request, "GetAccessToken", Action::Token { account })?;
+        let slot = self.account_slot(account)?;
         let min_valid = min_valid(request.get_ref().min_valid_seconds)?;
-        let served = match slot.fresh_access(self.clock.now(), min_valid) {
-            Some(served) => served,
-            None => {
+        let (served, outcome) = match slot.fresh_access(self.clock.now(), min_valid) {
+            Some(served) => (served, TokenOutcome::Cached),
+            None => (
                 self.refresher
                     .obtain(slot, Need::ValidFor(min_valid))
-                    .await?
-            }
+                    .await?,
+                TokenOutcome::Refreshed,
+            ),
         };
-        Ok(token_response(served))
+        Ok((token_response(served), outcome))
     }
 
     pub(super) async fn report_rejected_inner(

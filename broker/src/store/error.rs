@@ -213,6 +213,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the store itself failed (no bus, no Secret Service, locked, refused, gone),
+    /// rather than answering about one entry (corrupt, ambiguous, a name it cannot file).
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(
+            self,
+            Self::InvalidAccount { .. } | Self::Corrupt { .. } | Self::Ambiguous { .. }
+        )
+    }
+
     /// Translates a keyring-core error for `op`. Never formats the variants that carry secret
     /// bytes (`BadEncoding`, `BadDataFormat`).
     pub(super) fn from_keyring(

@@ -298,12 +298,25 @@ fn check_account(account: &str) -> Result<(), StoreError> {
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
     inner: Arc<dyn Store>,
+    /// Told of every call's outcome: store errors and availability (health, metrics).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl StoreHandle {
     /// Wraps an opened store.
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Reports every call's outcome to `metrics` (store errors, and availability, which the
+    /// health service follows).
+    #[must_use]
+    pub fn observed_by(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The backend in use.
@@ -350,19 +363,24 @@ impl StoreHandle {
     {
         let inner = Arc::clone(&self.inner);
         let backend = inner.backend();
-        match tokio::task::spawn_blocking(move || call(inner.as_ref())).await {
+        let result = match tokio::task::spawn_blocking(move || call(inner.as_ref())).await {
             Ok(result) => result,
             // The panic payload is not shown: we cannot vouch for what it contains.
             Err(e) => Err(StoreError::TaskFailed {
                 backend,
-                op,
+                op: op.clone(),
                 how: if e.is_panic() {
                     "panicked"
                 } else {
                     "was cancelled"
                 },
             }),
+        };
+        match &result {
+            Ok(_) => self.metrics.store_answered(),
+            Err(e) => self.metrics.store_failed(&op, e.is_unavailable()),
         }
+        result
     }
 }
 

@@ -97,6 +97,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Admin: print the broker's metrics (Prometheus text format) for node_exporter's
+    /// textfile collector. Never shows a token, a password or an e-mail.
+    Metrics,
     /// Compromise: revoke the session at therappai and wipe it here, for one account or all.
     /// Exits 11 when therappai did not confirm the revocation (the local wipe still happens).
     Revoke {
@@ -257,6 +260,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(|e| CliError::Local(format!("cannot write to stdout: {e}")))?;
             }
             eprintln!("therappai-brokerctl: the broker closed the stream (it is stopping)");
+        }
+        Command::Metrics => {
+            let mut client = Client::connect(&socket).await?;
+            let text = client.metrics().await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| CliError::Local(format!("cannot write to stdout: {e}")))?;
         }
         Command::Status { json } => {
             let mut client = Client::connect(&socket).await?;

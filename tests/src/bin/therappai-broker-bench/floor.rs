@@ -64,6 +64,12 @@ impl Broker for Floor {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Reply<pb::StatusResponse> {
         Err(Status::unimplemented("floor"))
     }
+    async fn get_metrics(
+        &self,
+        _: Request<pb::GetMetricsRequest>,
+    ) -> Reply<pb::GetMetricsResponse> {
+        Err(Status::unimplemented("floor"))
+    }
 }
 
 /// `floor-server SOCKET`: serves until killed. Same runtime shape as the daemon's.
