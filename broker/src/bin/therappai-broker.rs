@@ -5,6 +5,7 @@
 //! on SIGTERM/SIGINT → exit code.
 
 use anyhow::Context;
+use args::Args;
 use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,22 +13,13 @@ use therappai_broker::config::Config;
 use therappai_broker::{Daemon, reload::Reloader, store};
 use tokio_util::sync::CancellationToken;
 
+// The clap definitions live in their own file so `cargo xtask deb` can build the man page
+// and shell completions from the same `Command`.
+#[path = "therappai-broker/args.rs"]
+mod args;
+
 /// Exit code for a configuration or usage error (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
-
-/// Local token broker for the therappai API: keeps refresh tokens in the OS secure store and
-/// serves short-lived access tokens to allowed local programs over a Unix socket.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = "Logs go to stderr (journald under systemd). \
-Control it with therappai-brokerctl: login, token, status, logout, revoke.")]
-struct Args {
-    /// The TOML config file (see the README for every key).
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// Log filter, e.g. `info`, `debug`, `therappai_broker=trace`; RUST_LOG overrides it.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    log_level: String,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
