@@ -528,7 +528,10 @@ mod tests {
 
     /// What h2 would decode from `wire` (after the preface): (stream, END_STREAM, fields)
     /// of each header block, and DATA payloads, in order.
-    fn h2_view(wire: &[u8]) -> Vec<(u32, bool, Vec<(Vec<u8>, Vec<u8>)>)> {
+    /// (stream id, end of stream, header fields) per request, as h2 decodes them.
+    type Seen = Vec<(u32, bool, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+    fn h2_view(wire: &[u8]) -> Seen {
         let mut decoder = loona_hpack::Decoder::new();
         let mut rest = wire.strip_prefix(PREFACE.as_slice()).expect("preface");
         let mut blocks = Vec::new();

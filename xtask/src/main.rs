@@ -4,6 +4,7 @@
 //!   token summary; then keeps serving so `therappai-brokerctl` can be tried.
 //! - `test`: installs what the tests need (Debian packages) when missing, checks formatting
 //!   and lints, runs every test, and runs the benchmark in smoke mode (it asserts no timing).
+//! - `deb`: the Debian package `target/debian/therappai-broker_*.deb` (see deb.rs).
 //! - `bench [--smoke]`: builds in release mode and runs the benchmark; the table goes to
 //!   stdout, the figures to `target/bench/bench.json`.
 
@@ -11,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod deb;
 mod demo;
 
 /// Debian packages the end-to-end tests use, and a binary each provides.
@@ -27,10 +29,11 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "demo" => demo::run_demo(),
         "test" => test(),
+        "deb" => deb::build_deb().map(|_| ()),
         "bench" => bench(std::env::args().any(|a| a == "--smoke")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|bench>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor"
+                "usage: cargo xtask <demo|test|bench|deb>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor\n  deb    build target/debian/therappai-broker_*.deb (installs cargo-deb if missing)"
             );
             return ExitCode::from(2);
         }

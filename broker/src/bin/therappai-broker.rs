@@ -5,6 +5,7 @@
 //! on SIGTERM/SIGINT → exit code.
 
 use anyhow::Context;
+use args::Args;
 use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,30 +14,18 @@ use therappai_broker::telemetry::LogTarget;
 use therappai_broker::{Daemon, StatusLine, listener, notify, reload::Reloader, store};
 use tokio_util::sync::CancellationToken;
 
+// The clap definitions live in their own file so `cargo xtask deb` can build the man page
+// and shell completions from the same `Command`.
+#[path = "therappai-broker/args.rs"]
+mod args;
+
 /// Exit code for a configuration or usage error (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
-/// Local token broker for the therappai API: keeps refresh tokens in the OS secure store and
-/// serves short-lived access tokens to allowed local programs over a Unix socket.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = "Logs go to stderr (journald under systemd). \
-Control it with therappai-brokerctl: login, token, status, logout, revoke.")]
-struct Args {
-    /// The TOML config file (see the README for every key).
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// Log filter, e.g. `info`, `debug`, `therappai_broker=trace`; RUST_LOG overrides it.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    log_level: String,
-    /// Where logs go: `auto` is journald (with structured fields) when systemd connected
-    /// stderr to the journal, else stderr.
-    #[arg(long, value_name = "TARGET", value_enum, default_value = "auto")]
-    log_target: LogTarget,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = therappai_broker::telemetry::init(&args.log_level, args.log_target) {
+    if let Err(e) = therappai_broker::telemetry::init(&args.log_level, log_target(&args.log_target))
+    {
         eprintln!("therappai-broker: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -152,4 +141,12 @@ async fn forward_signals(
         }
     }
     shutdown.cancel();
+}
+
+fn log_target(name: &str) -> LogTarget {
+    match name {
+        "stderr" => LogTarget::Stderr,
+        "journald" => LogTarget::Journald,
+        _ => LogTarget::Auto,
+    }
 }
