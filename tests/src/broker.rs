@@ -32,6 +32,10 @@ pub struct BrokerOptions {
     /// Make the broker's directory traversable (0711) so processes of other uids can reach
     /// the socket (whose own mode and group then decide).
     pub shared_dir: bool,
+    /// A program (and its arguments) that starts the daemon, e.g. `systemd-socket-activate
+    /// -l {dir}/run/broker.sock` (`{dir}` is the broker's directory, whose `run/` then exists
+    /// already): the daemon's own argv follows.
+    pub launcher: Vec<String>,
     /// `[store] service`: give two brokers the same one to have them share entries. Default:
     /// a name unique to this broker.
     pub store_service: Option<String>,
@@ -56,6 +60,7 @@ impl BrokerOptions {
             refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\n".to_owned(),
             extra_config: String::new(),
             shared_dir: false,
+            launcher: Vec::new(),
         }
     }
 
@@ -156,7 +161,18 @@ impl Broker {
             .append(true)
             .open(&self.log_path)
             .expect("open broker log");
-        let mut command = Command::new(workspace_bin("therappai-broker"));
+        let mut command = match self.options.launcher.split_first() {
+            Some((program, args)) => {
+                let dir = self.dir.path().display().to_string();
+                std::fs::create_dir_all(self.dir.path().join("run")).expect("mkdir run");
+                let mut command = Command::new(program);
+                command
+                    .args(args.iter().map(|a| a.replace("{dir}", &dir)))
+                    .arg(workspace_bin("therappai-broker"));
+                command
+            }
+            None => Command::new(workspace_bin("therappai-broker")),
+        };
         command
             .arg("--config")
             .arg(&self.config_path)
