@@ -13,6 +13,19 @@ use std::time::Duration;
 pub enum StoreKind {
     SecretService,
     Keyutils,
+    /// `encrypted-file` at `{dir}/state/tokens.enc`, keyed by `{dir}/store.key` (0600).
+    EncryptedFile,
+}
+
+impl StoreKind {
+    /// The `[store] backend` value, which `status --json` also reports.
+    pub fn backend(self) -> &'static str {
+        match self {
+            Self::SecretService => "secret-service",
+            Self::Keyutils => "keyutils",
+            Self::EncryptedFile => "encrypted-file",
+        }
+    }
 }
 
 /// What to put in the broker's config.
@@ -116,6 +129,9 @@ impl Broker {
         }
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_pem).expect("write CA");
+        if options.store == StoreKind::EncryptedFile {
+            write_store_key(&dir.path().join("store.key"));
+        }
         let socket = dir.path().join("run/broker.sock");
         let service = options
             .store_service
@@ -267,10 +283,58 @@ impl Broker {
     /// same config, store and log.
     #[track_caller]
     pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// `kill -9` and reap, without starting it again (see [`Broker::start_again`]).
+    #[track_caller]
+    pub fn kill(&mut self) {
         let mut child = self.child.take().expect("broker is running");
         child.kill().expect("SIGKILL the broker");
         child.wait().expect("reap the broker");
+    }
+
+    /// Starts the stopped (or killed) broker again with the same config, store and log.
+    #[track_caller]
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the broker is still running");
         self.spawn();
+    }
+
+    /// Runs the daemon binary once more with this broker's config and `args` (e.g.
+    /// `--rekey FILE`, or nothing to see it refuse to start) and waits for it to exit.
+    /// `stdin` is written to its standard input.
+    #[track_caller]
+    pub fn run_daemon_once(&self, args: &[&str], stdin: Option<&[u8]>) -> CtlOutput {
+        let mut command = Command::new(workspace_bin("therappai-broker"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.bus_env(&mut command);
+        let mut child = command.spawn().expect("spawn therappai-broker");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).expect("write the daemon's stdin");
+        }
+        drop(input);
+        let mut status = None;
+        wait_until("the daemon run to exit", Duration::from_secs(20), || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        let output = child.wait_with_output().expect("output");
+        CtlOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 
     /// Rewrites the config file with new `extra_config` (the broker reads it on SIGHUP).
@@ -427,7 +491,24 @@ impl Broker {
                 .expect("secret service session")
                 .has_entry(&self.service, account),
             StoreKind::Keyutils => crate::keyring::keyutils_has_entry(&self.service, account),
+            StoreKind::EncryptedFile => self
+                .encrypted_file_accounts()
+                .iter()
+                .any(|name| name == account),
         }
+    }
+
+    /// The accounts the encrypted-file store's file holds, decrypted here with its key (read
+    /// without the broker's lock, as a backup tool would).
+    #[track_caller]
+    pub fn encrypted_file_accounts(&self) -> Vec<String> {
+        use therappai_broker::store::encrypted_file::{KeySource, StoreKey, read_file};
+        let key = StoreKey::load(&KeySource::KeyFile(self.path("store.key")))
+            .expect("load the test's store key");
+        read_file(&self.path("state/tokens.enc"), &key)
+            .expect("the store file decrypts with its key")
+            .map(|entries| entries.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -448,6 +529,24 @@ impl Drop for Broker {
     }
 }
 
+/// 32 random bytes at `path`, mode 0600: a store key as the README says to make one.
+#[track_caller]
+fn write_store_key(path: &Path) {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut key = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .expect("read /dev/urandom");
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(&key))
+        .expect("write the store key");
+}
+
 /// The broker's TOML config for `options`.
 fn config_text(
     options: &BrokerOptions,
@@ -457,12 +556,23 @@ fn config_text(
     ca_file: &Path,
 ) -> String {
     let mut config = format!(
-        "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = {}\n",
+        "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n{}\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = {}\n",
         socket.display(),
         options.top_config,
+        options.store.backend(),
         match options.store {
-            StoreKind::SecretService => "secret-service",
-            StoreKind::Keyutils => "keyutils",
+            StoreKind::EncryptedFile => {
+                let dir = socket
+                    .parent()
+                    .and_then(Path::parent)
+                    .expect("the socket is DIR/run/broker.sock");
+                format!(
+                    "file = \"{}\"\nkey_file = \"{}\"\n",
+                    dir.join("state/tokens.enc").display(),
+                    dir.join("store.key").display()
+                )
+            }
+            StoreKind::SecretService | StoreKind::Keyutils => String::new(),
         },
         ca_file.display(),
         options.request_timeout_seconds

@@ -61,11 +61,7 @@ async fn login_survives_restart(store: StoreKind) {
     assert_eq!(account["state"], "active");
     assert_eq!(account["refresh_token_stored"], true);
     assert_eq!(account["last_refresh_outcome"], "ok");
-    let expected_backend = match store {
-        StoreKind::SecretService => "secret-service",
-        StoreKind::Keyutils => "keyutils",
-    };
-    assert_eq!(json["store_backend"], expected_backend);
+    assert_eq!(json["store_backend"], store.backend());
 
     // Leave nothing behind in the (shared) kernel keyring.
     let out = broker.ctl(&["logout", "--account", "default"]).await;
@@ -80,6 +76,11 @@ async fn secret_service_login_survives_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyutils_login_survives_restart() {
     login_survives_restart(StoreKind::Keyutils).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_file_login_survives_restart() {
+    login_survives_restart(StoreKind::EncryptedFile).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

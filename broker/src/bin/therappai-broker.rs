@@ -10,6 +10,7 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use therappai_broker::config::Config;
+use therappai_broker::store::encrypted_file::KeySource;
 use therappai_broker::telemetry::LogTarget;
 use therappai_broker::{Daemon, StatusLine, listener, notify, reload::Reloader, store};
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(new_key) = &args.rekey {
+        return rekey(&config, new_key);
+    }
     if config.store.backend != store::BackendChoice::SecretService {
         // Before any thread exists: threads inherit the session keyring of their creator.
         // keyutils needs one of our own to link the user's persistent keyring into.
@@ -59,6 +63,36 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("therappai-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--rekey NEW_KEY`: re-encrypts the store under the new key and says what to do next.
+fn rekey(config: &Config, new_key: &Path) -> ExitCode {
+    let new = if new_key == Path::new("-") {
+        KeySource::Stdin
+    } else {
+        KeySource::KeyFile(new_key.to_owned())
+    };
+    match store::rekey(&config.store, &new) {
+        Ok(done) => {
+            println!(
+                "re-encrypted {} ({} account(s)) under {} (key id {}); the old key ({}, key id {}) no longer opens it",
+                done.file.display(),
+                done.accounts,
+                new,
+                done.new_key_id,
+                done.old_key,
+                done.old_key_id
+            );
+            println!(
+                "next: make the new key the one the broker reads (for the system service: systemd-creds encrypt --name=store-key --with-key=host NEW_KEY /etc/therappai-broker/store-key.cred), then start the broker"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("therappai-broker: rekey refused, the store file is unchanged: {e}");
             ExitCode::FAILURE
         }
     }

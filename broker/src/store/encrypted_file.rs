@@ -192,16 +192,16 @@ pub struct Rekeyed {
     pub new_key_id: String,
 }
 
-/// Re-encrypts the store file at `path` (key from `old`) under the key in `new_key_file`, in
+/// Re-encrypts the store file at `path` (key from `old`) under the key from `new`, in
 /// one atomic replacement: afterwards the file opens with the new key only. Refused while a
 /// broker holds the file, when the new key is the old one, and on any file the old key
 /// cannot read (which is left unchanged).
-pub fn rekey(path: &Path, old: KeySource, new_key_file: &Path) -> Result<Rekeyed, StoreError> {
-    let new_key = StoreKey::load(&KeySource::KeyFile(new_key_file.to_owned()))?;
+pub fn rekey(path: &Path, old: KeySource, new: &KeySource) -> Result<Rekeyed, StoreError> {
+    let new_key = StoreKey::load(new)?;
     let store = EncryptedFileStore::open(path, old)?;
     if new_key.id() == store.key.id() {
         return Err(StoreError::Key {
-            key: format!("the key file {}", new_key_file.display()),
+            key: new.to_string(),
             problem: "it is the key the store already uses; make a new one with `(umask 077; head -c 32 /dev/urandom > FILE)`".to_owned(),
         });
     }

@@ -61,7 +61,7 @@ use crate::config::StoreConfig;
 use crate::secret::RefreshToken;
 use encrypted_file::KeySource;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Which OS backend holds the refresh tokens.
@@ -199,12 +199,9 @@ pub fn encrypted_file_path(config: &StoreConfig) -> Result<PathBuf, StoreError> 
 }
 
 /// Re-encrypts the encrypted-file store of `config` (old key found as at start-up) under the
-/// key in `new_key_file`, atomically. Refused while a broker holds the file. See
+/// key from `new`, atomically. Refused while a broker holds the file. See
 /// [`encrypted_file::rekey`].
-pub fn rekey(
-    config: &StoreConfig,
-    new_key_file: &Path,
-) -> Result<encrypted_file::Rekeyed, StoreError> {
+pub fn rekey(config: &StoreConfig, new: &KeySource) -> Result<encrypted_file::Rekeyed, StoreError> {
     let old = match config.backend {
         BackendChoice::EncryptedFile | BackendChoice::Auto => {
             KeySource::find(config.key_file.as_deref()).ok_or(StoreError::NoKey)?
@@ -215,7 +212,7 @@ pub fn rekey(
             });
         }
     };
-    encrypted_file::rekey(&encrypted_file_path(config)?, old, new_key_file)
+    encrypted_file::rekey(&encrypted_file_path(config)?, old, new)
 }
 
 fn open_encrypted_file(

@@ -20,4 +20,10 @@ pub struct Args {
     /// stderr to the journal, else stderr.
     #[arg(long, value_name = "TARGET", default_value = "auto", value_parser = ["auto", "stderr", "journald"])]
     pub log_target: String,
+    /// Re-encrypt the `encrypted-file` store under the key in NEW_KEY (a file, or `-` for
+    /// standard input), atomically, then exit. Stop the broker first; the old key is found as
+    /// at start (`[store] key_file`, or the `store-key` credential). See the README,
+    /// "Rotating the store key".
+    #[arg(long, value_name = "NEW_KEY")]
+    pub rekey: Option<PathBuf>,
 }

@@ -45,6 +45,9 @@ pub enum KeySource {
     Credential(PathBuf),
     /// `[store] key_file`, or the new key given to `--rekey`.
     KeyFile(PathBuf),
+    /// The new key given to `--rekey -`: standard input, so that a key readable only by root
+    /// can reach a rekey run as the broker's user (`systemd-run --pipe … < KEY`).
+    Stdin,
 }
 
 impl KeySource {
@@ -59,10 +62,11 @@ impl KeySource {
         path.exists().then_some(Self::Credential(path))
     }
 
-    /// The file the key is read from.
+    /// The file the key is read from (`-` for standard input).
     pub fn path(&self) -> &Path {
         match self {
             Self::Credential(path) | Self::KeyFile(path) => path,
+            Self::Stdin => Path::new("-"),
         }
     }
 }
@@ -76,6 +80,7 @@ impl fmt::Display for KeySource {
                 path.display()
             ),
             Self::KeyFile(path) => write!(f, "the key file {}", path.display()),
+            Self::Stdin => f.write_str("the key on standard input"),
         }
     }
 }
@@ -113,6 +118,9 @@ impl StoreKey {
             key: source.to_string(),
             problem,
         };
+        if matches!(source, KeySource::Stdin) {
+            return Self::read(&mut std::io::stdin().lock(), path).map_err(problem);
+        }
         // O_NOFOLLOW is not used: a symlinked key file is common, and the checks below look
         // at the file actually opened (fstat), not at the link.
         let mut file = std::fs::File::options()
@@ -137,18 +145,23 @@ impl StoreKey {
         if matches!(source, KeySource::KeyFile(_)) {
             check_key_file(path, &meta).map_err(problem)?;
         }
+        Self::read(&mut file, path).map_err(problem)
+    }
+
+    /// Reads and parses a key from `input`; `path` names it in the advice.
+    fn read(input: &mut impl Read, path: &Path) -> Result<Self, String> {
         let mut text = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE + 1));
         // `take` bounds the read and, with the capacity above, keeps the buffer from ever
         // reallocating (a reallocation would leave an unzeroized copy behind).
-        (&mut file)
+        input
             .take(MAX_KEY_FILE as u64 + 1)
             .read_to_end(&mut text)
-            .map_err(|e| problem(format!("cannot read it: {e}")))?;
+            .map_err(|e| format!("cannot read it: {e}"))?;
         let bytes = parse(&text).map_err(|len| {
-            problem(format!(
+            format!(
                 "it holds {len} bytes, which is not a key: a key is exactly 32 random bytes (create one with `(umask 077; head -c 32 /dev/urandom > {})`), or 64 hex digits, or 44 base64 characters",
                 path.display()
-            ))
+            )
         })?;
         Ok(Self::from_bytes(bytes))
     }

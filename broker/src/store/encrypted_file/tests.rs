@@ -286,14 +286,14 @@ fn rekey_moves_the_file_to_the_new_key_atomically() {
     let new = world.key("new", 2);
     world.filled(&old);
     let held = world.open(&old).expect("a running broker");
-    let err = rekey(&world.file(), old.clone(), new.path()).expect_err("locked");
+    let err = rekey(&world.file(), old.clone(), &new).expect_err("locked");
     assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
     drop(held);
 
-    let same = rekey(&world.file(), old.clone(), old.path()).expect_err("same key");
+    let same = rekey(&world.file(), old.clone(), &old).expect_err("same key");
     assert!(same.to_string().contains("already uses"), "{same}");
 
-    let done = rekey(&world.file(), old.clone(), new.path()).expect("rekey");
+    let done = rekey(&world.file(), old.clone(), &new).expect("rekey");
     assert_eq!(done.accounts, 2);
     assert_ne!(done.old_key_id, done.new_key_id);
     assert_refused(&world, &old, |p| matches!(p, FileProblem::WrongKey { .. }));
