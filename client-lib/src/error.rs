@@ -11,6 +11,12 @@ pub enum Error {
         "the therappai broker is not reachable at {socket}: {reason}. Start it with `systemctl start therappai-broker` (or `systemctl --user start therappai-broker`), or point at it with --socket PATH / THERAPPAI_BROKER_SOCKET"
     )]
     Unreachable { socket: PathBuf, reason: String },
+    /// The socket exists but this user may not connect to it: only its owner and its group
+    /// may (the system broker's socket is root:therappai 0660).
+    #[error(
+        "you may not connect to the therappai broker at {socket}: permission denied. Only root and members of group `{group}` may: ask an admin to run `usermod -aG {group} $USER` (the change takes effect at your next login)"
+    )]
+    SocketForbidden { socket: PathBuf, group: String },
     /// No socket path was given and no broker socket exists at the default paths.
     #[error(
         "no therappai broker socket found (tried {}). Start the broker: `systemctl --user start therappai-broker.socket` for your session, or `sudo systemctl enable --now therappai-broker.socket` for the system service; or point at it with --socket PATH / THERAPPAI_BROKER_SOCKET",

@@ -47,6 +47,25 @@ pub fn default_socket() -> Result<PathBuf, Error> {
     }
 }
 
+/// The name of the group that owns `socket` (from /etc/group; its number when the group is
+/// not listed there), for the advice on how to get access.
+fn socket_group(socket: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(gid) = std::fs::metadata(socket).map(|m| m.gid()) else {
+        return "therappai".to_owned();
+    };
+    std::fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|groups| {
+            groups.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == gid.to_string()).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| gid.to_string())
+}
+
 impl Client {
     /// Connects to [`default_socket`].
     pub async fn connect_default() -> Result<Self, Error> {
@@ -70,6 +89,14 @@ impl Client {
             let mut reason = e.to_string();
             let mut cause = std::error::Error::source(&e);
             while let Some(c) = cause {
+                if c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+                {
+                    return Error::SocketForbidden {
+                        group: socket_group(&socket),
+                        socket: socket.clone(),
+                    };
+                }
                 reason = c.to_string();
                 cause = c.source();
             }

@@ -4,6 +4,10 @@
 //! from their own clap definitions into `target/debian-assets`, builds the release binaries,
 //! and packs everything listed in `broker/Cargo.toml`'s `[package.metadata.deb]` with
 //! cargo-deb (installed from crates.io when missing).
+//!
+//! The systemd-box test packs the debug binaries the test run built anyway instead
+//! ([`Profile::Dev`], stripped, fast compression, into `target/debian-dev`): the same package
+//! without a second, release build of the whole tree.
 
 use crate::{root, run};
 use anyhow::{Context, Result, bail};
@@ -17,8 +21,18 @@ mod broker_args;
 #[path = "../../client-lib/src/bin/therappai-brokerctl/cli.rs"]
 mod brokerctl_cli;
 
+/// Which binaries go into the package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// `cargo build --release`: the package users install.
+    Release,
+    /// The debug binaries, already built by the test run (cargo-deb maps the assets'
+    /// `target/release/` paths to the profile's directory).
+    Dev,
+}
+
 /// Builds the package and returns its path.
-pub fn build_deb() -> Result<PathBuf> {
+pub fn build_deb(profile: Profile) -> Result<PathBuf> {
     let assets = root().join("target/debian-assets");
     std::fs::create_dir_all(&assets).context("create target/debian-assets")?;
     // The daemon is an admin command (section 8), the CLI a user command (section 1).
@@ -36,36 +50,44 @@ pub fn build_deb() -> Result<PathBuf> {
     if !cargo_deb_installed() {
         run("cargo", &["install", "cargo-deb", "--locked"])?;
     }
-    run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "-p",
-            "therappai-broker",
-            "-p",
-            "therappai-broker-client",
-            "--bins",
-        ],
-    )?;
-    let out = root().join("target/debian");
-    std::fs::create_dir_all(&out).context("create target/debian")?;
+    let (out, pack): (PathBuf, &[&str]) = match profile {
+        Profile::Release => {
+            run(
+                "cargo",
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "therappai-broker",
+                    "-p",
+                    "therappai-broker-client",
+                    "--bins",
+                ],
+            )?;
+            (root().join("target/debian"), &["--no-strip"])
+        }
+        Profile::Dev => (
+            root().join("target/debian-dev"),
+            &["--profile", "dev", "--strip", "--fast"],
+        ),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
     // Only the package built now: a stale one from an older version must not be picked up.
-    for entry in std::fs::read_dir(&out).context("read target/debian")? {
-        let path = entry.context("read target/debian")?.path();
+    for entry in std::fs::read_dir(&out).with_context(|| format!("read {}", out.display()))? {
+        let path = entry.context("read the package directory")?.path();
         if path.extension().is_some_and(|e| e == "deb") {
             std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
         }
     }
-    run(
-        "cargo",
-        &["deb", "-p", "therappai-broker", "--no-build", "--no-strip"],
-    )?;
+    let out_arg = out.to_str().context("target path is not UTF-8")?;
+    let mut args = vec!["deb", "-p", "therappai-broker", "--no-build", "-o", out_arg];
+    args.extend_from_slice(pack);
+    run("cargo", &args)?;
     let deb = std::fs::read_dir(&out)
-        .context("read target/debian")?
+        .with_context(|| format!("read {}", out.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("cargo deb wrote no .deb into target/debian")?;
+        .with_context(|| format!("cargo deb wrote no .deb into {}", out.display()))?;
     eprintln!("built {}", deb.display());
     Ok(deb)
 }

@@ -4,7 +4,7 @@
 //!   token summary; then keeps serving so `therappai-brokerctl` can be tried.
 //! - `test`: installs what the tests need (Debian packages) when missing, checks formatting
 //!   and lints, runs every test, and runs the benchmark in smoke mode (it asserts no timing).
-//! - `deb`: the Debian package `target/debian/therappai-broker_*.deb` (see deb.rs).
+//! - `deb [--dev]`: the Debian package `target/debian/therappai-broker_*.deb` (see deb.rs).
 //! - `bench [--smoke]`: builds in release mode and runs the benchmark; the table goes to
 //!   stdout, the figures to `target/bench/bench.json`.
 
@@ -29,11 +29,18 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "demo" => demo::run_demo(),
         "test" => test(),
-        "deb" => deb::build_deb().map(|_| ()),
+        "deb" => {
+            let profile = if std::env::args().any(|a| a == "--dev") {
+                deb::Profile::Dev
+            } else {
+                deb::Profile::Release
+            };
+            deb::build_deb(profile).map(|_| ())
+        }
         "bench" => bench(std::env::args().any(|a| a == "--smoke")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|bench|deb>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor\n  deb    build target/debian/therappai-broker_*.deb (installs cargo-deb if missing)"
+                "usage: cargo xtask <demo|test|bench|deb>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor\n  deb    [--dev] build target/debian/therappai-broker_*.deb (installs cargo-deb if missing);\n         --dev packs the debug binaries into target/debian-dev instead"
             );
             return ExitCode::from(2);
         }

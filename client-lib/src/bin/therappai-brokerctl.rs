@@ -81,7 +81,7 @@ impl From<Error> for CliError {
 fn exit_code(e: &Error) -> u8 {
     match e {
         Error::NotLoggedIn { .. } => exit::NOT_LOGGED_IN,
-        Error::PermissionDenied { .. } => exit::PERMISSION_DENIED,
+        Error::PermissionDenied { .. } | Error::SocketForbidden { .. } => exit::PERMISSION_DENIED,
         Error::Unreachable { .. } | Error::NoBroker { .. } => exit::UNREACHABLE,
         Error::Upstream { .. } => exit::UPSTREAM,
         Error::InvalidCredentials { .. } => exit::INVALID_CREDENTIALS,
