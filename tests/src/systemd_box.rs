@@ -86,9 +86,14 @@ impl SystemdBox {
             .env("BOX_NAME", &self.name)
             .env("BOX_NET", "host")
             .env("BOX_KEEP", if keep { "1" } else { "0" })
+            // nspawn's seccomp filter blocks the keyring system calls (the kernel keyring is
+            // not namespaced); the user-session scenario's keyutils store needs them.
             .env(
                 "BOX_NSPAWN_ARGS",
-                format!("--bind-ro={}:{DEB_IN_BOX}", self.deb_dir.display()),
+                format!(
+                    "--bind-ro={}:{DEB_IN_BOX} --system-call-filter=add_key --system-call-filter=keyctl --system-call-filter=request_key",
+                    self.deb_dir.display()
+                ),
             );
         command
     }
@@ -142,14 +147,20 @@ impl SystemdBox {
     /// The bytes of `path` inside the box.
     #[track_caller]
     pub fn read(&self, path: &str) -> Vec<u8> {
+        self.read_command(&format!("cat '{path}'"))
+    }
+
+    /// The bytes `script` (bash, as root inside) writes to stdout; panics when it fails.
+    #[track_caller]
+    pub fn read_command(&self, script: &str) -> Vec<u8> {
         let output = self
-            .tool_command(&["exec", "cat", path], false)
+            .tool_command(&["sh", script], false)
             .stdin(Stdio::null())
             .output()
-            .expect("run systemd-box exec cat");
+            .expect("run systemd-box");
         assert!(
             output.status.success(),
-            "cannot read {path} in box {}: {}",
+            "in box {}: `{script}` failed: {}",
             self.name,
             String::from_utf8_lossy(&output.stderr)
         );
