@@ -362,7 +362,11 @@ async fn the_user_units_work_for_a_desktop_user() {
         "cd && systemd-analyze --user verify --man=no /usr/lib/systemd/user/therappai-broker.socket /usr/lib/systemd/user/therappai-broker.service",
         b"",
     );
-    assert_eq!(verify.code, 0, "the user units: {}{}", verify.stdout, verify.stderr);
+    assert_eq!(
+        verify.code, 0,
+        "the user units: {}{}",
+        verify.stdout, verify.stderr
+    );
     let enable = b.user_sh("systemctl --user enable --now therappai-broker.socket", b"");
     assert_eq!(enable.code, 0, "{}", enable.stderr);
     let mode = b.ok("stat -c %a /run/user/1000/therappai-broker/broker.sock");

@@ -9,6 +9,7 @@
 //! ([`Profile::Dev`], stripped, fast compression, into `target/debian-dev`): the same package
 //! without a second, release build of the whole tree.
 
+use crate::background::Background;
 use crate::{root, run};
 use anyhow::{Context, Result, bail};
 use clap::CommandFactory;
@@ -47,9 +48,7 @@ pub fn build_deb(profile: Profile) -> Result<PathBuf> {
         .bin_name("therappai-brokerctl")
         .about("Control the therappai token broker");
     write_docs(brokerctl, "1", &assets)?;
-    if !cargo_deb_installed() {
-        run("cargo", &["install", "cargo-deb", "--locked"])?;
-    }
+    install_cargo_deb_in_background()?.wait()?;
     let (out, pack): (PathBuf, &[&str]) = match profile {
         Profile::Release => {
             run(
@@ -91,6 +90,29 @@ pub fn build_deb(profile: Profile) -> Result<PathBuf> {
     eprintln!("built {}", deb.display());
     Ok(deb)
 }
+
+/// Starts `cargo install cargo-deb` from crates.io when it is missing.
+pub fn install_cargo_deb_in_background() -> Result<Background> {
+    if cargo_deb_installed() {
+        return Ok(Background::done());
+    }
+    let mut command = std::process::Command::new("cargo");
+    command.args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]);
+    Background::start(
+        "cargo install cargo-deb",
+        command,
+        root().join("target/cargo-deb-install.log"),
+    )
+}
+
+/// The cargo-deb release the package was made with (its flags are used as of this one).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 fn cargo_deb_installed() -> bool {
     std::process::Command::new("cargo")

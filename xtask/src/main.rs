@@ -12,8 +12,10 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod background;
 mod deb;
 mod demo;
+mod systemd_box;
 
 /// Debian packages the end-to-end tests use, and a binary each provides.
 const TEST_PACKAGES: &[(&str, &str)] = &[
@@ -64,9 +66,15 @@ pub fn root() -> PathBuf {
 
 /// Runs a command in the workspace root, failing with its name if it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    run_with_env(program, args, &[])
+}
+
+/// As [`run`], with extra environment variables.
+pub fn run_with_env(program: &str, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     eprintln!("+ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root())
         .status()
         .with_context(|| format!("run {program}"))?;
@@ -116,6 +124,10 @@ fn install_test_packages() -> Result<()> {
 
 fn test() -> Result<()> {
     install_test_packages()?;
+    // The systemd-box scenarios need a Debian rootfs (about a minute to fetch the first
+    // time, cached after) and cargo-deb: both start now and run beside the lints.
+    let box_rootfs = systemd_box::build_in_background()?;
+    let cargo_deb = deb::install_cargo_deb_in_background()?;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -131,6 +143,23 @@ fn test() -> Result<()> {
     // The end-to-end tests start the real binaries: build them first.
     run("cargo", &["build", "--workspace", "--bins"])?;
     run("cargo", &["test", "--workspace"])?;
+    // The package as a sysadmin installs it, in a real systemd (tests/tests/systemd_box.rs).
+    cargo_deb.wait()?;
+    let package = deb::build_deb(deb::Profile::Dev)?;
+    box_rootfs.wait()?;
+    run_with_env(
+        "cargo",
+        &[
+            "test",
+            "-p",
+            "therappai-broker-e2e",
+            "--test",
+            "systemd_box",
+            "--",
+            "--ignored",
+        ],
+        &[("THERAPPAI_BROKER_DEB", package.as_os_str())],
+    )?;
     // Proves the benchmark still runs end to end; its figures mean nothing in a debug build.
     run("target/debug/therappai-broker-bench", &["--smoke"])?;
     Ok(())
