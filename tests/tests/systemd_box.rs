@@ -303,6 +303,20 @@ async fn sessions_survive_a_reboot_and_a_damaged_store_is_a_clear_error() {
         "memory was gone: one refresh"
     );
 
+    // The README's key rotation, command for command: the session survives it.
+    b.ok("systemctl stop therappai-broker.socket therappai-broker.service");
+    b.ok("(umask 077; head -c 32 /dev/urandom > /root/new-store-key)");
+    let rekey = b.ok("systemd-run --pipe --wait -p User=therappai-broker -p StateDirectory=therappai-broker -p LoadCredentialEncrypted=store-key:/etc/therappai-broker/store-key.cred /usr/bin/therappai-broker --config /etc/therappai-broker/broker.toml --rekey - < /root/new-store-key");
+    assert!(rekey.contains("1 account"), "{rekey}");
+    b.ok("systemd-creds encrypt --name=store-key --with-key=host /root/new-store-key /etc/therappai-broker/store-key.cred && shred -u /root/new-store-key");
+    b.ok("systemctl start therappai-broker.socket");
+    b.ok("runuser -u app -- therappai-brokerctl token --account default");
+    assert_eq!(
+        fake.counters().login_ok,
+        before.login_ok,
+        "no login after the rekey"
+    );
+
     // A flipped byte: the broker refuses to start, says which file and what to do, and
     // leaves the file as it was.
     b.ok("systemctl stop therappai-broker.socket therappai-broker.service");
