@@ -246,7 +246,24 @@ impl Upstream {
     ) -> Result<(u16, Vec<u8>), UpstreamError> {
         let started = std::time::Instant::now();
         let result = self.post_untimed(path, body).await;
-        self.metrics.upstream_request(endpoint, started.elapsed());
+        let elapsed = started.elapsed();
+        self.metrics.upstream_request(endpoint, elapsed);
+        // One line per therappai call (never per cached token): journald gets ENDPOINT,
+        // OUTCOME and LATENCY_MS as fields. Never the body, which holds secrets.
+        let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        match &result {
+            Ok((status, _)) => {
+                tracing::info!(endpoint, outcome = %status, latency_ms, "therappai answered");
+            }
+            Err(e) => {
+                tracing::info!(
+                    endpoint,
+                    outcome = e.outcome(),
+                    latency_ms,
+                    "therappai call failed"
+                );
+            }
+        }
         result
     }
 

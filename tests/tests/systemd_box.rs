@@ -211,6 +211,18 @@ async fn the_package_gives_a_socket_activated_sandboxed_journald_logging_broker(
             .any(|e| e["RPC"] == "Login" && e["PEER_UID"] == "0"),
         "the admin's login is audited"
     );
+    // Each call to therappai has its outcome and latency as fields.
+    let calls = journal(&b, "ENDPOINT=login");
+    let login_call = calls
+        .first()
+        .expect("the login call to therappai is logged");
+    assert_eq!(login_call["OUTCOME"], "200");
+    assert!(
+        login_call["LATENCY_MS"]
+            .as_str()
+            .is_some_and(|ms| ms.parse::<u64>().is_ok()),
+        "{login_call:#?}"
+    );
 
     // Reload applies a policy change without a restart: the app loses access.
     let pid = show(&b, "MainPID");
