@@ -4,11 +4,7 @@
 //!
 //! (Login surviving a restart in this store is in login_restore.rs, with the other stores.)
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "tests: a failed step is a failed test"
-)]
+#![expect(clippy::expect_used, reason = "tests: a failed step is a failed test")]
 
 use fake_therappai::{FakeConfig, FakeTherappai};
 use std::os::unix::fs::PermissionsExt as _;
@@ -88,11 +84,11 @@ async fn kill_9_during_writes_never_leaves_a_torn_file() {
         // And the broker starts on it, with every account it holds still logged in.
         let status = broker.ctl(&["status", "--json"]).await;
         assert_eq!(status.code, 0, "round {round}: {}", status.stderr);
-        let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json is JSON");
         for name in &held {
             let account = json["accounts"]
                 .as_array()
-                .unwrap()
+                .expect("accounts is a list")
                 .iter()
                 .find(|a| a["name"] == name.as_str())
                 .expect("account in status");
