@@ -211,12 +211,6 @@ impl Daemon {
         } = listening;
         tracing::info!(socket = %socket.display(), from = ?origin, accounts = config.accounts.len(), "serving");
         let streams_stop = service.streams_stop.clone();
-        let on_shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            on_shutdown.cancelled().await;
-            notify::stopping();
-            streams_stop.cancel();
-        });
         // The listener is up and the store answered (start opened both).
         notify::ready(&status.current());
         tokio::spawn(notify::keep_status_current(
@@ -244,10 +238,17 @@ impl Daemon {
         let incoming =
             metrics::count_connections(listener::incoming(listener), Arc::clone(&service.metrics));
         let stop = shutdown.clone();
+        // STOPPING=1 and the end of the session streams happen inside the server's own
+        // shutdown future, so they are done before serving can return (a spawned task could
+        // still be waiting for a worker when the process exits, and systemd would never hear).
         let server = tonic::transport::Server::builder()
             .add_routes(conventions)
             .add_service(BrokerServer::new(service))
-            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+            .serve_with_incoming_shutdown(incoming, async move {
+                stop.cancelled().await;
+                notify::stopping();
+                streams_stop.cancel();
+            });
         tokio::pin!(server);
         let refresher = Arc::clone(&service_refresher);
         let result = tokio::select! {
