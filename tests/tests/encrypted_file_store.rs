@@ -84,7 +84,8 @@ async fn kill_9_during_writes_never_leaves_a_torn_file() {
         // And the broker starts on it, with every account it holds still logged in.
         let status = broker.ctl(&["status", "--json"]).await;
         assert_eq!(status.code, 0, "round {round}: {}", status.stderr);
-        let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status --json is JSON");
+        let json: serde_json::Value =
+            serde_json::from_str(&status.stdout).expect("status --json is JSON");
         for name in &held {
             let account = json["accounts"]
                 .as_array()
