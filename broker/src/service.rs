@@ -52,6 +52,12 @@ impl BrokerService {
     ) -> Result<Authorized, BrokerError> {
         let peer = PeerIdentity::of(request)?;
         let account = account_of(action);
+        // The account is validated before the policy runs: a name that is not configured
+        // gets NOT_FOUND, and neither the grant audit (with its per-account map) nor the
+        // denial log ever sees it, so random names cannot grow memory or flood the log.
+        if let Action::Token { account } = action {
+            self.account_slot(account)?;
+        }
         match self.policy.current().decide(&peer, action) {
             Decision::Allow { rule } => {
                 if let Action::Token { .. } = action {

