@@ -4,11 +4,6 @@
 //! refuse with PROTOCOL_ERROR before any handler ran; the listener normalises it.
 //! (grpcurl 1.8.6, which does the same, is in health_reflection_metrics.rs.)
 
-#![expect(
-    clippy::expect_used,
-    reason = "end-to-end test: a failed step panics with its reason"
-)]
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
