@@ -38,45 +38,6 @@ pub mod v1 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::v1::{GetAccessTokenResponse, LoginRequest, ReportRejectedRequest};
-
-    /// Every message that carries a secret prints it as "[redacted]", whatever `{:?}` runs.
-    #[test]
-    fn secret_carrying_messages_mask_their_secret_in_debug() {
-        const SECRET: &str = "s3cr3t-value-that-must-not-print";
-        let printed = [
-            format!(
-                "{:?}",
-                LoginRequest {
-                    account: "default".to_owned(),
-                    password: SECRET.to_owned(),
-                }
-            ),
-            format!(
-                "{:?}",
-                GetAccessTokenResponse {
-                    access_token: SECRET.to_owned(),
-                    ..Default::default()
-                }
-            ),
-            format!(
-                "{:#?}",
-                ReportRejectedRequest {
-                    account: "default".to_owned(),
-                    access_token: SECRET.to_owned(),
-                    ..Default::default()
-                }
-            ),
-        ];
-        for text in printed {
-            assert!(!text.contains(SECRET), "{text}");
-            assert!(text.contains("[redacted]"), "{text}");
-        }
-    }
-}
-
 /// The encoded `FileDescriptorSet` of `therappai.broker.v1`, for server reflection. The
 /// schema is public: reflection reveals nothing the published .proto does not.
 #[cfg(feature = "server")]
@@ -139,5 +100,44 @@ pub fn discover_socket() -> Result<std::path::PathBuf, Vec<std::path::PathBuf>> 
     match candidates.iter().find(|path| is_socket(path)) {
         Some(found) => Ok(found.clone()),
         None => Err(candidates),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{GetAccessTokenResponse, LoginRequest, ReportRejectedRequest};
+
+    /// Every message that carries a secret prints it as "[redacted]", whatever `{:?}` runs.
+    #[test]
+    fn secret_carrying_messages_mask_their_secret_in_debug() {
+        const SECRET: &str = "s3cr3t-value-that-must-not-print";
+        let printed = [
+            format!(
+                "{:?}",
+                LoginRequest {
+                    account: "default".to_owned(),
+                    password: SECRET.to_owned(),
+                }
+            ),
+            format!(
+                "{:?}",
+                GetAccessTokenResponse {
+                    access_token: SECRET.to_owned(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:#?}",
+                ReportRejectedRequest {
+                    account: "default".to_owned(),
+                    access_token: SECRET.to_owned(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for text in printed {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(text.contains("[redacted]"), "{text}");
+        }
     }
 }
