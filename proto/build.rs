@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip_debug([
             ".therappai.broker.v1.LoginRequest",
             ".therappai.broker.v1.GetAccessTokenResponse",
+            ".therappai.broker.v1.ReportRejectedRequest",
         ])
         .compile_protos(&["proto/therappai/broker/v1/broker.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

@@ -25,6 +25,64 @@ pub mod v1 {
                 .finish()
         }
     }
+
+    impl std::fmt::Debug for ReportRejectedRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // The refused token is still a live bearer token until the broker drops it.
+            f.debug_struct("ReportRejectedRequest")
+                .field("account", &self.account)
+                .field("access_token", &"[redacted]")
+                .field("fingerprint", &self.fingerprint)
+                .field("min_valid_seconds", &self.min_valid_seconds)
+                .finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{GetAccessTokenResponse, LoginRequest, ReportRejectedRequest};
+
+    const SECRET: &str = "eyJsecret-token-or-password";
+
+    /// Every message that carries a secret prints without it (issue 11, defect 9).
+    #[test]
+    fn secret_carrying_messages_debug_masked() {
+        let printed = [
+            format!(
+                "{:?}",
+                LoginRequest {
+                    account: "a".into(),
+                    password: SECRET.into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                GetAccessTokenResponse {
+                    access_token: SECRET.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ReportRejectedRequest {
+                    account: "a".into(),
+                    access_token: SECRET.into(),
+                    fingerprint: "0123abcd".into(),
+                    min_valid_seconds: Some(5),
+                }
+            ),
+        ];
+        for text in &printed {
+            assert!(!text.contains(SECRET), "secret printed: {text}");
+            assert!(text.contains("[redacted]"), "no mask marker: {text}");
+        }
+        assert!(
+            printed[2].contains("0123abcd"),
+            "fingerprint kept: {}",
+            printed[2]
+        );
+    }
 }
 
 /// The encoded `FileDescriptorSet` of `therappai.broker.v1`, for server reflection. The
