@@ -52,9 +52,22 @@ impl BrokerService {
     ) -> Result<Authorized, BrokerError> {
         let peer = PeerIdentity::of(request)?;
         let account = account_of(action);
+        // The name is checked before policy and audit: a junk name (any length, any byte)
+        // must neither reach the logs nor grow the grant-audit map (issue 11, defect 4).
+        if let Action::Token { account } = action {
+            if !account.is_empty() && crate::config::validate_account_name(account).is_err() {
+                return Err(BrokerError::InvalidArgument {
+                    message: "the account name is not valid (1-64 letters, digits, '-', '_' \
+                              or '.'); pass a name from the broker's config"
+                        .to_owned(),
+                });
+            }
+        }
         match self.policy.current().decide(&peer, action) {
             Decision::Allow { rule } => {
-                if let Action::Token { .. } = action {
+                // Only configured accounts are audited as granted (and keyed in the map,
+                // which stays bounded by the config); an unknown one fails next.
+                if matches!(action, Action::Token { .. }) && self.cache.slot(account).is_some() {
                     self.audit.grant(&peer, rpc, account, &rule);
                 }
                 Ok(Authorized { peer, rule })
