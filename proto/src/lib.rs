@@ -39,52 +39,6 @@ pub mod v1 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::v1::{GetAccessTokenResponse, LoginRequest, ReportRejectedRequest};
-
-    const SECRET: &str = "eyJsecret-token-or-password";
-
-    /// Every message that carries a secret prints without it (issue 11, defect 9).
-    #[test]
-    fn secret_carrying_messages_debug_masked() {
-        let printed = [
-            format!(
-                "{:?}",
-                LoginRequest {
-                    account: "a".into(),
-                    password: SECRET.into(),
-                }
-            ),
-            format!(
-                "{:?}",
-                GetAccessTokenResponse {
-                    access_token: SECRET.into(),
-                    ..Default::default()
-                }
-            ),
-            format!(
-                "{:?}",
-                ReportRejectedRequest {
-                    account: "a".into(),
-                    access_token: SECRET.into(),
-                    fingerprint: "0123abcd".into(),
-                    min_valid_seconds: Some(5),
-                }
-            ),
-        ];
-        for text in &printed {
-            assert!(!text.contains(SECRET), "secret printed: {text}");
-            assert!(text.contains("[redacted]"), "no mask marker: {text}");
-        }
-        assert!(
-            printed[2].contains("0123abcd"),
-            "fingerprint kept: {}",
-            printed[2]
-        );
-    }
-}
-
 /// The encoded `FileDescriptorSet` of `therappai.broker.v1`, for server reflection. The
 /// schema is public: reflection reveals nothing the published .proto does not.
 #[cfg(feature = "server")]
@@ -147,5 +101,51 @@ pub fn discover_socket() -> Result<std::path::PathBuf, Vec<std::path::PathBuf>> 
     match candidates.iter().find(|path| is_socket(path)) {
         Some(found) => Ok(found.clone()),
         None => Err(candidates),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::v1::{GetAccessTokenResponse, LoginRequest, ReportRejectedRequest};
+
+    const SECRET: &str = "eyJsecret-token-or-password";
+
+    /// Every message that carries a secret prints without it (issue 11, defect 9).
+    #[test]
+    fn secret_carrying_messages_debug_masked() {
+        let printed = [
+            format!(
+                "{:?}",
+                LoginRequest {
+                    account: "a".into(),
+                    password: SECRET.into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                GetAccessTokenResponse {
+                    access_token: SECRET.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ReportRejectedRequest {
+                    account: "a".into(),
+                    access_token: SECRET.into(),
+                    fingerprint: "0123abcd".into(),
+                    min_valid_seconds: Some(5),
+                }
+            ),
+        ];
+        for text in &printed {
+            assert!(!text.contains(SECRET), "secret printed: {text}");
+            assert!(text.contains("[redacted]"), "no mask marker: {text}");
+        }
+        assert!(
+            printed[2].contains("0123abcd"),
+            "fingerprint kept: {}",
+            printed[2]
+        );
     }
 }
