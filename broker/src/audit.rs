@@ -4,7 +4,8 @@
 //! Every event carries the peer's uid, gid, pid, exe and unit (fields `peer_uid`, `peer_gid`,
 //! `peer_pid`, `peer_exe`, `peer_unit`), the account, the rpc, the
 //! decision and the rule that made it. Denials and admin actions are always logged at
-//! warn/info. Token and status grants are rate-limited: at most one info event per (uid,
+//! warn/info (denials at most ten per uid per second, counting the dropped in `suppressed`).
+//! Token and status grants are rate-limited: at most one info event per (uid,
 //! exe, account, rpc) per minute; the ones in between go out at debug level
 //! (`RUST_LOG=audit=debug` shows them all) and the next info event counts them in
 //! `suppressed`. Never carries a token.
@@ -24,9 +25,64 @@ const MAX_KEYS: usize = 4096;
 
 type GrantKey = (u32, Option<std::path::PathBuf>, String, &'static str);
 
+/// At most [`DENY_BURST`] warn-level denial events per uid per this window, so a denied peer
+/// cannot flood the log; the next logged event counts the ones dropped in `suppressed`.
+pub const DENY_WINDOW: Duration = Duration::from_secs(1);
+pub const DENY_BURST: u64 = 10;
+
 #[derive(Debug, Default)]
 pub struct Audit {
     grants: Mutex<HashMap<GrantKey, (Instant, u64)>>,
+    /// Per uid: window start, events logged in it, events dropped since the last logged one.
+    denials: Mutex<HashMap<u32, (Instant, u64, u64)>>,
+}
+
+/// Whether a denial by `uid` at `now` is logged: `Some(dropped since the last one)` or `None`.
+fn admit_denial(
+    map: &Mutex<HashMap<u32, (Instant, u64, u64)>>,
+    uid: u32,
+    now: Instant,
+) -> Option<u64> {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    if map.len() > MAX_KEYS {
+        map.retain(|_, (start, _, _)| now.duration_since(*start) < DENY_WINDOW);
+    }
+    let (start, logged, dropped) = map.entry(uid).or_insert((now, 0, 0));
+    if now.duration_since(*start) >= DENY_WINDOW {
+        (*start, *logged) = (now, 0);
+    }
+    if *logged < DENY_BURST {
+        *logged += 1;
+        Some(std::mem::take(dropped))
+    } else {
+        *dropped += 1;
+        None
+    }
+}
+
+/// One rate-limit window per key: `Some(n)` (log, with `n` dropped since the last event) or
+/// `None` (drop). Past `MAX_KEYS` keys, ended windows are forgotten.
+fn admit_in<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, (Instant, u64)>>,
+    key: K,
+    now: Instant,
+    window: Duration,
+) -> Option<u64> {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    if map.len() > MAX_KEYS {
+        map.retain(|_, (start, _)| now.duration_since(*start) < window);
+    }
+    match map.get_mut(&key) {
+        Some((start, count)) if now.duration_since(*start) < window => {
+            *count += 1;
+            None
+        }
+        Some(entry) => Some(std::mem::replace(entry, (now, 0)).1),
+        None => {
+            map.insert(key, (now, 0));
+            Some(0)
+        }
+    }
 }
 
 fn pid(peer: &PeerIdentity) -> String {
@@ -60,25 +116,15 @@ impl Audit {
     /// Whether a grant with `key` at `now` gets an info event: `Some(n)` with the number of
     /// grants suppressed since the last one, or `None` (suppressed: debug only).
     fn admit(&self, key: GrantKey, now: Instant) -> Option<u64> {
-        let mut grants = self.grants.lock().unwrap_or_else(PoisonError::into_inner);
-        if grants.len() > MAX_KEYS {
-            grants.retain(|_, (start, _)| now.duration_since(*start) < GRANT_WINDOW);
-        }
-        match grants.get_mut(&key) {
-            Some((start, count)) if now.duration_since(*start) < GRANT_WINDOW => {
-                *count += 1;
-                None
-            }
-            Some(window) => Some(std::mem::replace(window, (now, 0)).1),
-            None => {
-                grants.insert(key, (now, 0));
-                Some(0)
-            }
-        }
+        admit_in(&self.grants, key, now, GRANT_WINDOW)
     }
 
-    /// A denial: always logged, never sampled.
+    /// A denial: at most [`DENY_BURST`] warn events per uid per [`DENY_WINDOW`], counting the
+    /// dropped.
     pub fn deny(&self, peer: &PeerIdentity, rpc: &str, account: &str, rule: &str) {
+        let Some(suppressed) = admit_denial(&self.denials, peer.uid, Instant::now()) else {
+            return;
+        };
         let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
             peer.uid,
             peer.gid,
@@ -86,7 +132,7 @@ impl Audit {
             peer.exe_display(),
             peer.unit_display(),
         );
-        tracing::warn!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "deny", rule, "denied");
+        tracing::warn!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "deny", rule, suppressed, "denied");
     }
 
     /// An admin action that policy allowed, with its outcome ("ok" or an error reason):
@@ -121,5 +167,20 @@ mod tests {
             "another uid has its own window"
         );
         assert_eq!(audit.admit(key(1), t0 + GRANT_WINDOW), Some(2));
+    }
+
+    /// Issue 11, defect 4: denials were logged in full, never rate limited.
+    #[test]
+    fn denials_are_rate_limited_per_uid_counting_the_dropped() {
+        let audit = Audit::default();
+        let t0 = Instant::now();
+        let deny = |uid, at| admit_denial(&audit.denials, uid, at);
+        for _ in 0..DENY_BURST {
+            assert_eq!(deny(7, t0), Some(0));
+        }
+        assert_eq!(deny(7, t0), None);
+        assert_eq!(deny(7, t0), None);
+        assert_eq!(deny(8, t0), Some(0), "another uid is still logged");
+        assert_eq!(deny(7, t0 + DENY_WINDOW), Some(2));
     }
 }

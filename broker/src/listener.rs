@@ -77,8 +77,10 @@ pub enum ListenerError {
 /// Where the listening socket came from: decides who may remove the socket file at the end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// Bound by the broker itself: it removes the file at shutdown.
-    Bound,
+    /// Bound by the broker itself: it removes the file at shutdown, but only while the path
+    /// still names the socket it bound (device and inode saved at bind). A broker started
+    /// during this one's drain has replaced the file by then, and its socket must stay.
+    Bound { dev: u64, ino: u64 },
     /// Passed in by systemd (socket activation): the socket unit owns the file, which must
     /// outlive this process so the next connection activates the service again.
     Systemd,
@@ -204,10 +206,17 @@ pub fn bind(path: &Path, access: &SocketAccess) -> Result<Listening, ListenerErr
         source,
     })?;
     grant_access(path, access, access.mode)?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| ListenerError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(Listening {
         listener,
         path: path.to_owned(),
-        origin: Origin::Bound,
+        origin: Origin::Bound {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        },
     })
 }
 
@@ -361,10 +370,18 @@ fn remove_stale_socket(path: &Path) -> Result<(), ListenerError> {
 }
 
 /// Removes the socket at shutdown, if the broker bound it (systemd's stays for the next
-/// activation).
+/// activation) and the path still names that socket (a newer broker's stays).
 pub fn remove_socket(path: &Path, origin: Origin) {
-    if origin == Origin::Systemd {
+    let Origin::Bound { dev, ino } = origin else {
         return;
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.dev() == dev && meta.ino() == ino => {}
+        Ok(_) => {
+            tracing::info!(socket = %path.display(), "leaving the socket in place: another broker has bound it since");
+            return;
+        }
+        Err(_) => return,
     }
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != ErrorKind::NotFound {
@@ -458,6 +475,25 @@ mod tests {
         let mode = std::fs::metadata(&dir).expect("dir").mode() & 0o777;
         assert_eq!(mode, 0o700);
         assert!(!dir.join("broker.sock").exists());
+    }
+
+    /// Defect (issue 11, 9): the socket was unlinked at shutdown even when a broker started
+    /// during the drain had replaced it, leaving the new broker unreachable.
+    #[tokio::test]
+    async fn shutdown_removes_only_the_socket_it_bound() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp
+            .path()
+            .join(crate::paths::RUNTIME_SUBDIR)
+            .join("broker.sock");
+        let old = bind(&path, &SocketAccess::default()).expect("bind old");
+        // The new broker takes over the path (as remove_stale_socket + bind would).
+        std::fs::remove_file(&path).expect("unlink");
+        let new = bind(&path, &SocketAccess::default()).expect("bind new");
+        remove_socket(&old.path, old.origin);
+        assert!(path.exists(), "the newer broker's socket must stay");
+        remove_socket(&new.path, new.origin);
+        assert!(!path.exists(), "our own socket is removed");
     }
 
     #[test]

@@ -52,15 +52,25 @@ impl BrokerService {
     ) -> Result<Authorized, BrokerError> {
         let peer = PeerIdentity::of(request)?;
         let account = account_of(action);
-        // The account is validated before the policy runs: a name that is not configured
-        // gets NOT_FOUND, and neither the grant audit (with its per-account map) nor the
-        // denial log ever sees it, so random names cannot grow memory or flood the log.
+        // The account is checked before the policy runs: a junk name (any length, any byte)
+        // gets INVALID_ARGUMENT without being echoed, and a well-formed name that is not
+        // configured gets NOT_FOUND. Neither reaches the audit log or grows the grant-audit
+        // map (issue 11, defect 4).
         if let Action::Token { account } = action {
+            if !account.is_empty() && crate::config::validate_account_name(account).is_err() {
+                return Err(BrokerError::InvalidArgument {
+                    message: "the account name is not valid (1-64 letters, digits, '-', '_' \
+                              or '.'); pass a name from the broker's config"
+                        .to_owned(),
+                });
+            }
             self.account_slot(account)?;
         }
         match self.policy.current().decide(&peer, action) {
             Decision::Allow { rule } => {
-                if let Action::Token { .. } = action {
+                // Only configured accounts are audited as granted (and keyed in the map,
+                // which stays bounded by the config); an unknown one fails next.
+                if matches!(action, Action::Token { .. }) && self.cache.slot(account).is_some() {
                     self.audit.grant(&peer, rpc, account, &rule);
                 }
                 Ok(Authorized { peer, rule })

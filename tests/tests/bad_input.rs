@@ -231,3 +231,28 @@ async fn logout_and_revoke_need_exactly_one_target_and_a_known_account() {
     );
     assert_eq!(fake.counters().blacklist_calls, 0);
 }
+
+/// Issue 11, defect 4: names are checked before policy and audit. A junk name gets a clear
+/// error and never appears in the log; an unknown (well-formed) name is not logged as
+/// "granted".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_and_unknown_account_names_are_not_audited_as_granted() {
+    let (_fake, broker) = setup().await;
+    let junk = "j".repeat(300);
+    let out = broker.ctl(&["token", "--account", &junk]).await;
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("account name is not valid"),
+        "{}",
+        out.stderr
+    );
+    let out = broker.ctl(&["token", "--account", "nosuch"]).await;
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    let logs = broker.logs();
+    assert!(!logs.contains(&junk), "junk name logged: {logs}");
+    assert_eq!(
+        broker.log_lines_with(&["granted", "nosuch"]),
+        0,
+        "an unknown account was audited as granted: {logs}"
+    );
+}
