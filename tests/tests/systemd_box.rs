@@ -14,22 +14,18 @@
     reason = "tests: a failed step is a failed test"
 )]
 
-use fake_therappai::{FakeConfig, FakeTherappai};
-use std::time::{Duration, Instant};
+use fake_therappai::FakeTherappai;
+use std::time::Duration;
 use therappai_broker::store::encrypted_file::{KeySource, StoreKey, read_file};
 use therappai_broker_e2e::systemd_box::SystemdBox;
+use therappai_broker_e2e::{fake_with_user, wait_until};
 
 const EMAIL: &str = "alice@example.com";
 const PASSWORD: &str = "correct horse battery staple";
 const STORE_FILE: &str = "/var/lib/therappai-broker/tokens.enc";
 
 async fn fake() -> FakeTherappai {
-    FakeTherappai::start(FakeConfig {
-        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
-        ..FakeConfig::default()
-    })
-    .await
-    .expect("start fake therappai")
+    fake_with_user(EMAIL, PASSWORD, Duration::from_secs(300)).await
 }
 
 /// The README's steps: install the package, create the key credential, fill in the shipped
@@ -92,16 +88,15 @@ fn show(b: &SystemdBox, property: &str) -> String {
     .to_owned()
 }
 
+/// Polls a box-side condition (each poll costs a few `systemctl` runs, so not every 20 ms).
 #[track_caller]
 fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(what, timeout, || {
+        condition() || {
+            std::thread::sleep(Duration::from_millis(80));
+            false
+        }
+    });
 }
 
 /// The accounts the store file holds, decrypted on the host with the key the credential
