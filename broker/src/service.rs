@@ -68,9 +68,9 @@ impl BrokerService {
         }
         match self.policy.current().decide(&peer, action) {
             Decision::Allow { rule } => {
-                // Only configured accounts are audited as granted (and keyed in the map,
-                // which stays bounded by the config); an unknown one fails next.
-                if matches!(action, Action::Token { .. }) && self.cache.slot(account).is_some() {
+                // The account was checked above: only configured accounts reach the grant
+                // audit, so its map stays bounded by the config.
+                if let Action::Token { .. } = action {
                     self.audit.grant(&peer, rpc, account, &rule);
                 }
                 Ok(Authorized { peer, rule })

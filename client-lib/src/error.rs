@@ -14,7 +14,7 @@ pub enum Error {
     /// The socket exists but this user may not connect to it: only its owner and its group
     /// may (the system broker's socket is root:therappai 0660).
     #[error(
-        "you may not connect to the therappai broker at {socket}: permission denied. Only root and members of group `{group}` may: ask an admin to run `usermod -aG {group} $USER` (the change takes effect at your next login)"
+        "you may not connect to the therappai broker at {socket}: permission denied. Only its owner and members of group `{group}` may: for the system broker, ask an admin to run `usermod -aG {group} $USER` (it takes effect at your next login); a user session's broker serves its own user only"
     )]
     SocketForbidden { socket: PathBuf, group: String },
     /// No socket path was given and no broker socket exists at the default paths.

@@ -324,17 +324,7 @@ impl Broker {
             input.write_all(bytes).expect("write the daemon's stdin");
         }
         drop(input);
-        let mut status = None;
-        wait_until("the daemon run to exit", Duration::from_secs(20), || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-        });
-        let output = child.wait_with_output().expect("output");
-        CtlOutput {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        output_at_exit(child, "the daemon run to exit")
     }
 
     /// Rewrites the config file with new `extra_config` (the broker reads it on SIGHUP).
@@ -599,7 +589,7 @@ pub fn broker_refuses(config: &str) -> CtlOutput {
     let config = config.replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("broker.toml");
     std::fs::write(&path, config).expect("write config");
-    let mut child = Command::new(workspace_bin("therappai-broker"))
+    let child = Command::new(workspace_bin("therappai-broker"))
         .arg("--config")
         .arg(&path)
         .env_remove("DBUS_SESSION_BUS_ADDRESS")
@@ -608,15 +598,15 @@ pub fn broker_refuses(config: &str) -> CtlOutput {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn therappai-broker");
-    let mut status = None;
-    wait_until(
-        "the broker to refuse its config and exit",
-        Duration::from_secs(20),
-        || {
-            status = child.try_wait().expect("try_wait");
-            status.is_some()
-        },
-    );
+    output_at_exit(child, "the broker to refuse its config and exit")
+}
+
+/// Waits (bounded) for a daemon run with piped output to exit, and collects that output.
+#[track_caller]
+fn output_at_exit(mut child: Child, what: &str) -> CtlOutput {
+    wait_until(what, Duration::from_secs(20), || {
+        child.try_wait().expect("try_wait").is_some()
+    });
     let output = child.wait_with_output().expect("output");
     CtlOutput {
         code: output.status.code().unwrap_or(-1),

@@ -153,11 +153,7 @@ impl SystemdBox {
     /// The bytes `script` (bash, as root inside) writes to stdout; panics when it fails.
     #[track_caller]
     pub fn read_command(&self, script: &str) -> Vec<u8> {
-        let output = self
-            .tool_command(&["sh", script], false)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run systemd-box");
+        let output = self.exec_raw(&["sh", script], b"");
         assert!(
             output.status.success(),
             "in box {}: `{script}` failed: {}",
@@ -175,6 +171,15 @@ impl SystemdBox {
     }
 
     fn exec(&self, args: &[&str], stdin: &[u8]) -> CtlOutput {
+        let output = self.exec_raw(args, stdin);
+        CtlOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn exec_raw(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
         let mut child = self
             .tool_command(args, false)
             .stdin(Stdio::piped())
@@ -186,12 +191,7 @@ impl SystemdBox {
         // The command may exit without reading its input: a broken pipe is its answer.
         let _ = input.write_all(stdin);
         drop(input);
-        let output = child.wait_with_output().expect("systemd-box output");
-        CtlOutput {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        child.wait_with_output().expect("systemd-box output")
     }
 }
 

@@ -64,7 +64,6 @@ async fn kill_9_during_writes_never_leaves_a_torn_file() {
     let names: Vec<&str> = ACCOUNTS.iter().map(|(name, _)| *name).collect();
     const ROUNDS: u64 = 50;
     for round in 0..ROUNDS {
-        let writes_before = fake.counters().login_ok;
         // Kill at a different moment of the write cycle each round (20 to 118 ms in).
         let kill_after = Duration::from_millis(20 + round * 2);
         tokio::select! {
@@ -98,10 +97,6 @@ async fn kill_9_during_writes_never_leaves_a_torn_file() {
                 "round {round}: {name} is in the file, so it is still logged in"
             );
         }
-        assert!(
-            fake.counters().login_ok >= writes_before,
-            "the fake's counters only grow"
-        );
     }
     assert!(
         fake.counters().login_ok >= ROUNDS,
