@@ -14,8 +14,8 @@
 //! The [`Store`] methods block on the daemon's runtime (they run on its blocking pool, like
 //! every store call); the refresher and the watcher use the async methods directly.
 
-pub mod config;
 mod client;
+pub mod config;
 pub mod entry;
 
 use super::{Backend, Op, Store, StoreError, check_account};
@@ -181,12 +181,20 @@ impl VaultStore {
     }
 
     /// Writes `entry` if the entry is still at version `cas` (0: it must not exist yet).
-    pub async fn write(&self, account: &str, entry: &Entry, cas: u64) -> Result<Written, StoreError> {
+    pub async fn write(
+        &self,
+        account: &str,
+        entry: &Entry,
+        cas: u64,
+    ) -> Result<Written, StoreError> {
         check_account(account)?;
         let op = Op::Save(account.to_owned());
         let path = self.data_path(account);
         let body = serde_json::json!({ "options": { "cas": cas }, "data": entry.to_data() });
-        let answer = self.client.call(&op, Method::POST, &path, Some(body)).await?;
+        let answer = self
+            .client
+            .call(&op, Method::POST, &path, Some(body))
+            .await?;
         if answer.status == StatusCode::BAD_REQUEST && answer.errors().contains("check-and-set") {
             return Ok(Written::Conflict);
         }
@@ -226,7 +234,12 @@ impl VaultStore {
     }
 
     /// Writes a tombstone only if the entry is still at `version`.
-    pub async fn end_at(&self, account: &str, version: u64, reason: &str) -> Result<Written, StoreError> {
+    pub async fn end_at(
+        &self,
+        account: &str,
+        version: u64,
+        reason: &str,
+    ) -> Result<Written, StoreError> {
         let ended = Ended {
             by: self.id.clone(),
             at: SystemTime::now(),

@@ -138,7 +138,9 @@ impl VaultClient {
         body: Option<serde_json::Value>,
     ) -> Result<Answer, StoreError> {
         let token = self.token(op, false).await?;
-        let answer = self.send(op, &method, path, body.as_ref(), Some(&token)).await?;
+        let answer = self
+            .send(op, &method, path, body.as_ref(), Some(&token))
+            .await?;
         if answer.status != StatusCode::FORBIDDEN {
             return Ok(answer);
         }
@@ -224,7 +226,13 @@ impl VaultClient {
     async fn renew(&self, op: &Op, token: &VaultCredential) -> Result<Held, StoreError> {
         let body = serde_json::json!({});
         let answer = self
-            .send(op, &Method::POST, "auth/token/renew-self", Some(&body), Some(token))
+            .send(
+                op,
+                &Method::POST,
+                "auth/token/renew-self",
+                Some(&body),
+                Some(token),
+            )
             .await?;
         if !answer.status.is_success() {
             return Err(StoreError::Vault {
@@ -234,7 +242,10 @@ impl VaultClient {
             });
         }
         let auth: AuthAnswer = answer.json(op)?;
-        tracing::debug!(ttl_s = auth.auth.lease_duration, "renewed the OpenBao token");
+        tracing::debug!(
+            ttl_s = auth.auth.lease_duration,
+            "renewed the OpenBao token"
+        );
         Ok(held_from(auth.auth))
     }
 
@@ -360,10 +371,7 @@ async fn read_answer(op: &Op, mut response: reqwest::Response) -> Result<Answer,
             Err(e) => {
                 return Err(StoreError::Vault {
                     op: op.clone(),
-                    problem: format!(
-                        "OpenBao's answer broke off: {}",
-                        describe_send_error(&e)
-                    ),
+                    problem: format!("OpenBao's answer broke off: {}", describe_send_error(&e)),
                     unavailable: true,
                 });
             }

@@ -103,9 +103,8 @@ impl RawVault {
             }
         }
         let absolute = |key: &str, path: Option<PathBuf>| -> Result<PathBuf, String> {
-            let path = path.ok_or_else(|| {
-                format!("[store.vault] auth = \"{}\" needs {key}", self.auth)
-            })?;
+            let path =
+                path.ok_or_else(|| format!("[store.vault] auth = \"{}\" needs {key}", self.auth))?;
             check_absolute(key, &path)?;
             Ok(path)
         };
@@ -214,8 +213,10 @@ mod tests {
         let err = parse("address = \"https://b\"\nprefix = \"a/../b\"\nauth = \"token_file\"\ntoken_file = \"/t\"")
             .expect_err("dotdot");
         assert!(err.contains("prefix"), "{err}");
-        let err = parse("address = \"https://b\"\nprefix = \"p\"\nauth = \"approle\"\nrole_id_file = \"/r\"")
-            .expect_err("no secret_id_file");
+        let err = parse(
+            "address = \"https://b\"\nprefix = \"p\"\nauth = \"approle\"\nrole_id_file = \"/r\"",
+        )
+        .expect_err("no secret_id_file");
         assert!(err.contains("secret_id_file"), "{err}");
         let err = parse("address = [\"https://a\", \"https://b\"]\nprefix = \"p\"\nauth = \"token_file\"\ntoken_file = \"t\"")
             .expect_err("relative");

@@ -210,7 +210,10 @@ mod tests {
         };
         let raw: RawEntry = serde_json::from_value(entry.to_data()).expect("reads back");
         let back = raw.into_entry().expect("valid");
-        assert_eq!(back.refresh.as_ref().map(|r| r.expose()), Some("refresh-secret"));
+        assert_eq!(
+            back.refresh.as_ref().map(|r| r.expose()),
+            Some("refresh-secret")
+        );
         let access = back.access.as_ref().expect("access");
         assert_eq!(access.token.expose(), "access-secret");
         assert_eq!(access.expires_at, now + Duration::from_secs(300));
@@ -228,15 +231,18 @@ mod tests {
             at: from_unix(1_800_000_000),
             reason: "logged out".to_owned(),
         };
-        let raw: RawEntry = serde_json::from_value(Entry::tombstone(ended.clone(), "host-c/9").to_data())
-            .expect("reads back");
+        let raw: RawEntry =
+            serde_json::from_value(Entry::tombstone(ended.clone(), "host-c/9").to_data())
+                .expect("reads back");
         let back = raw.into_entry().expect("valid");
         assert!(back.refresh.is_none());
         assert_eq!(back.ended, Some(ended));
-        let raw: RawEntry = serde_json::from_value(serde_json::json!({"format": 1})).expect("parses");
+        let raw: RawEntry =
+            serde_json::from_value(serde_json::json!({"format": 1})).expect("parses");
         assert!(raw.into_entry().is_err());
-        let raw: RawEntry = serde_json::from_value(serde_json::json!({"format": 2, "refresh_token": "x"}))
-            .expect("parses");
+        let raw: RawEntry =
+            serde_json::from_value(serde_json::json!({"format": 2, "refresh_token": "x"}))
+                .expect("parses");
         assert!(raw.into_entry().expect_err("newer").contains("upgrade"));
     }
 }
