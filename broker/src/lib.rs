@@ -235,6 +235,12 @@ impl Daemon {
                 Arc::clone(&service.clock),
                 shutdown.child_token(),
             ));
+            // Returns at once unless the store is a fleet's OpenBao.
+            tokio::spawn(refresh::watch_fleet(
+                Arc::clone(&service.refresher),
+                Arc::clone(slot),
+                shutdown.child_token(),
+            ));
         }
         let service_refresher = Arc::clone(&service.refresher);
         let cache = Arc::clone(&service.cache);

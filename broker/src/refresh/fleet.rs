@@ -121,8 +121,17 @@ impl Refresher {
     ) -> Result<Entry, BrokerError> {
         let account = slot.config.name.as_str();
         let now = self.clock.now();
+        let ended_here = slot.state().ended_refresh.clone();
         let mut entry = match read.entry {
-            Some(entry) if entry.refresh.is_some() => entry,
+            // The session this broker ended, whose logout record is on its way: not a login.
+            Some(entry)
+                if entry
+                    .refresh
+                    .as_ref()
+                    .is_some_and(|r| Some(r.fingerprint()) != ended_here) =>
+            {
+                entry
+            }
             other => {
                 let reason = match other.and_then(|e| e.ended) {
                     Some(ended) => format!(
@@ -133,9 +142,14 @@ impl Refresher {
                     ),
                     None => "the fleet's OpenBao holds no session for this account".to_owned(),
                 };
-                slot.update_if_current(epoch, |state| {
-                    state.end_session(SessionState::LoggedOut, now, &reason)
+                let had_session = slot.update_if_current(epoch, |state| {
+                    let had = state.session() != SessionState::LoggedOut;
+                    state.end_session(SessionState::LoggedOut, now, &reason);
+                    had
                 });
+                if had_session == Some(true) {
+                    crate::audit::session_ended_elsewhere(account, &reason);
+                }
                 return Err(BrokerError::NotLoggedIn {
                     account: account.to_owned(),
                 });

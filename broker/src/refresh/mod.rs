@@ -25,10 +25,12 @@
 mod background;
 mod cycle;
 mod fleet;
+mod fleet_watch;
 mod outcome;
 pub mod schedule;
 
 pub use background::run_background;
+pub use fleet_watch::watch_fleet;
 
 use outcome::session_ended_error;
 
