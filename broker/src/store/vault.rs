@@ -112,6 +112,7 @@ impl VaultStore {
             id: format!("{host}/{}", std::process::id()),
             runtime,
         };
+        store.block_on(store.check_policy())?;
         let accounts = store.block_on(store.list(&Op::Open))?;
         tracing::info!(
             broker = %store.id,
@@ -119,6 +120,70 @@ impl VaultStore {
             "OpenBao answered; the fleet's entries are readable"
         );
         Ok(store)
+    }
+
+    /// Asks OpenBao which capabilities the broker's token has on its prefix
+    /// (`sys/capabilities-self`, in every token's default policy), so a policy that forbids
+    /// the path is a start error naming the path and the capability, not a failure at the
+    /// first rotation.
+    async fn check_policy(&self) -> Result<(), StoreError> {
+        #[derive(Deserialize)]
+        struct Capabilities {
+            data: std::collections::HashMap<String, serde_json::Value>,
+        }
+        let probe = ".capability-probe";
+        let data = format!(
+            "{}/data/{}/{probe}",
+            self.client.config.mount, self.client.config.prefix
+        );
+        let metadata = format!(
+            "{}/metadata/{}/{probe}",
+            self.client.config.mount, self.client.config.prefix
+        );
+        let body = serde_json::json!({ "paths": [data, metadata] });
+        let answer = self
+            .client
+            .call(&Op::Open, Method::POST, "sys/capabilities-self", Some(body))
+            .await?;
+        let granted: Capabilities = self
+            .expect_ok(&Op::Open, "sys/capabilities-self", "update", &answer)?
+            .json(&Op::Open)?;
+        let has = |path: &str, cap: &str| {
+            granted
+                .data
+                .get(path)
+                .and_then(|v| v.as_array())
+                .is_some_and(|caps| {
+                    caps.iter()
+                        .any(|c| c.as_str() == Some(cap) || c.as_str() == Some("root"))
+                })
+        };
+        let wanted = [
+            (&data, "create"),
+            (&data, "read"),
+            (&data, "update"),
+            (&metadata, "read"),
+            (&metadata, "list"),
+        ];
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|(path, cap)| !has(path, cap))
+            .map(|(path, cap)| format!("\"{cap}\" on {}", path.replace(probe, "*")))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let c = &self.client.config;
+        Err(StoreError::Vault {
+            op: Op::Open,
+            problem: format!(
+                "the broker's OpenBao policy lacks {}. Grant: path \"{m}/data/{p}/*\" {{ capabilities = [\"create\", \"read\", \"update\", \"delete\"] }} and path \"{m}/metadata/{p}/*\" {{ capabilities = [\"read\", \"list\", \"delete\"] }} (the README's Fleets section has the whole policy)",
+                missing.join(", "),
+                m = c.mount,
+                p = c.prefix
+            ),
+            unavailable: false,
+        })
     }
 
     /// This broker's name in leases and tombstones.
@@ -251,7 +316,7 @@ impl VaultStore {
 
     async fn list(&self, op: &Op) -> Result<Vec<String>, StoreError> {
         let c = &self.client.config;
-        let path = format!("{}/metadata/{}?list=true", c.mount, c.prefix);
+        let path = format!("{}/metadata/{}/?list=true", c.mount, c.prefix);
         let answer = self.client.call(op, Method::GET, &path, None).await?;
         if answer.status == StatusCode::NOT_FOUND {
             return Ok(Vec::new());
@@ -282,7 +347,7 @@ impl VaultStore {
         let c = &self.client.config;
         let problem = if answer.status == StatusCode::FORBIDDEN {
             format!(
-                "OpenBao denied the broker's token the \"{capability}\" capability on {path} (permission denied). Grant the broker's policy: path \"{m}/data/{p}/*\" {{ capabilities = [\"create\", \"read\", \"update\"] }} and path \"{m}/metadata/{p}/*\" {{ capabilities = [\"read\", \"list\"] }} and path \"{m}/metadata/{p}\" {{ capabilities = [\"list\"] }} (the README's Fleets section has the whole policy)",
+                "OpenBao denied the broker's token the \"{capability}\" capability on {path} (permission denied). Grant: path \"{m}/data/{p}/*\" {{ capabilities = [\"create\", \"read\", \"update\", \"delete\"] }} and path \"{m}/metadata/{p}/*\" {{ capabilities = [\"read\", \"list\", \"delete\"] }} (the README's Fleets section has the whole policy)",
                 m = c.mount,
                 p = c.prefix
             )

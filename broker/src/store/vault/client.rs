@@ -85,6 +85,11 @@ pub(super) struct VaultClient {
     /// Index into `config.addresses` of the node to try first.
     current: AtomicUsize,
     token: tokio::sync::Mutex<Option<Held>>,
+    /// The newest `X-Vault-Index` seen: sent back (with `X-Vault-Inconsistent:
+    /// forward-active-node`) so a standby that has not caught up with this broker's last write
+    /// forwards the request to the active node instead of answering with an older version.
+    /// Without it a broker could read, and present, a refresh token the fleet already rotated.
+    index: std::sync::Mutex<Option<String>>,
 }
 
 impl VaultClient {
@@ -125,6 +130,7 @@ impl VaultClient {
             config,
             current: AtomicUsize::new(0),
             token: tokio::sync::Mutex::new(None),
+            index: std::sync::Mutex::new(None),
         })
     }
 
@@ -274,8 +280,16 @@ impl VaultClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
+            if let Some(index) = self.last_index() {
+                request = request
+                    .header("X-Vault-Index", index)
+                    .header("X-Vault-Inconsistent", "forward-active-node");
+            }
             let answer = match request.send().await {
-                Ok(response) => read_answer(op, response).await?,
+                Ok(response) => {
+                    self.remember_index(&response);
+                    read_answer(op, response).await?
+                }
                 Err(e) => {
                     problems.push(format!("{address}: {}", describe_send_error(&e)));
                     continue;
@@ -307,6 +321,22 @@ impl VaultClient {
     }
 }
 
+impl VaultClient {
+    fn last_index(&self) -> Option<String> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn remember_index(&self, response: &reqwest::Response) {
+        if let Some(index) = response
+            .headers()
+            .get("X-Vault-Index")
+            .and_then(|v| v.to_str().ok())
+        {
+            *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.to_owned());
+        }
+    }
+}
+
 fn held_from(auth: AuthBlock) -> Held {
     // Renew at two thirds of the TTL; a token without a TTL (lease_duration 0) never expires.
     let renew_at = (auth.lease_duration > 0)
@@ -325,6 +355,20 @@ enum NodeProblem {
 
 /// Whether this node cannot serve the fleet now (another node may).
 fn node_problem(answer: &Answer) -> Option<NodeProblem> {
+    // A standby that lost its leader redirects writes to the dead leader's address; the
+    // broker never follows redirects.
+    if answer.status.is_redirection() {
+        return Some(NodeProblem::NoLeader(format!(
+            "HTTP {}: a standby without a reachable active node",
+            answer.status.as_u16()
+        )));
+    }
+    // A standby that is behind this broker's last write, when it could not forward.
+    if answer.status == StatusCode::TOO_MANY_REQUESTS {
+        return Some(NodeProblem::NoLeader(
+            "HTTP 429: a standby behind this broker's last write".to_owned(),
+        ));
+    }
     if answer.status != StatusCode::SERVICE_UNAVAILABLE
         && answer.status != StatusCode::INTERNAL_SERVER_ERROR
         && answer.status != StatusCode::BAD_GATEWAY
