@@ -3,6 +3,7 @@
 //! fake therappai with rotation and blacklisting on, and OpenBao over TLS with an AppRole
 //! limited to the fleet's prefix.
 
+#![expect(clippy::expect_used, reason = "tests: a failed step is a failed test")]
 use fake_therappai::FakeTherappai;
 use std::time::{Duration, Instant};
 use therappai_broker_client::{Error as ClientError, SessionState};
