@@ -14,8 +14,13 @@ const EMAIL: &str = "fleet@example.com";
 const PASSWORD: &str = "the-fleets-long-password";
 /// How often the test brokers look for changes made by the others.
 const POLL_SECONDS: u64 = 1;
-/// How long a test broker may hold the refresh lease.
+/// How long a test broker may hold the refresh lease: short, so a takeover costs little.
 const LEASE_SECONDS: u64 = 5;
+/// The lease while the Raft leader dies: longer than an election under load takes, as in
+/// production (the default is 60 s). A holder keeps retrying its write-back within the
+/// lease; a lease shorter than an OpenBao outage lets another broker refresh with the
+/// rotated-away token, which costs the session.
+const HA_LEASE_SECONDS: u64 = 20;
 
 /// A fake therappai that rotates and blacklists refresh tokens, as the real one does, and
 /// issues access tokens that are already expired (the first request after a login refreshes).
@@ -31,10 +36,10 @@ async fn rotating_fake() -> FakeTherappai {
 }
 
 /// The `[store.vault]` section for `role` on `bao`, below `prefix`.
-fn store_section(bao: &OpenBao, role: &AppRole, prefix: &str) -> String {
+fn store_section(bao: &OpenBao, role: &AppRole, prefix: &str, lease_seconds: u64) -> String {
     let addresses: Vec<String> = bao.addresses().iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "\n[store.vault]\naddress = [{}]\nca_file = \"{}\"\nmount = \"secret\"\nprefix = \"{prefix}\"\nauth = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"\npoll_seconds = {POLL_SECONDS}\nlease_seconds = {LEASE_SECONDS}\nrequest_timeout_seconds = 3\n",
+        "\n[store.vault]\naddress = [{}]\nca_file = \"{}\"\nmount = \"secret\"\nprefix = \"{prefix}\"\nauth = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"\npoll_seconds = {POLL_SECONDS}\nlease_seconds = {lease_seconds}\nrequest_timeout_seconds = 3\n",
         addresses.join(", "),
         bao.ca_pem().display(),
         role.role_id_file.display(),
@@ -44,12 +49,21 @@ fn store_section(bao: &OpenBao, role: &AppRole, prefix: &str) -> String {
 
 /// `n` brokers on one prefix of `bao`, each allowed to serve `default` to this test's uid.
 async fn fleet(bao: &OpenBao, fake: &FakeTherappai, n: usize) -> (Vec<Broker>, AppRole, String) {
+    fleet_with_lease(bao, fake, n, LEASE_SECONDS).await
+}
+
+async fn fleet_with_lease(
+    bao: &OpenBao,
+    fake: &FakeTherappai,
+    n: usize,
+    lease_seconds: u64,
+) -> (Vec<Broker>, AppRole, String) {
     let prefix = format!("therappai-broker/{}", unique_name("fleet"));
     let role = bao.approle(&RoleSpec::new(&prefix)).await;
     let brokers = (0..n)
         .map(|_| {
             let mut options = BrokerOptions::new(StoreKind::Vault, EMAIL);
-            options.extra_config = store_section(bao, &role, &prefix);
+            options.extra_config = store_section(bao, &role, &prefix, lease_seconds);
             Broker::start(options, &fake.base_url(), &fake.ca_pem())
         })
         .collect();
@@ -182,7 +196,7 @@ async fn a_policy_that_forbids_the_prefix_is_a_start_error_naming_path_and_capab
         "socket = \"{{dir}}/broker.sock\"\n[store]\nbackend = \"vault\"\n[upstream]\nbase_url = \"{}\"\nca_file = \"{}\"\n[[account]]\nname = \"default\"\nemail = \"{EMAIL}\"\n{}",
         fake.base_url(),
         ca.display(),
-        store_section(&bao, &role, &prefix)
+        store_section(&bao, &role, &prefix, LEASE_SECONDS)
     );
     let out = therappai_broker_e2e::broker_refuses(&config);
     assert_ne!(out.code, 0);
@@ -232,4 +246,162 @@ async fn an_unreachable_openbao_keeps_cached_tokens_served_then_says_unavailable
         refreshes,
         "no refresh without the fleet's entry"
     );
+}
+
+/// Waits until therappai has seen `n` refresh calls in all.
+async fn refresh_calls_reach(fake: &FakeTherappai, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while fake.counters().refresh_calls < n {
+        assert!(
+            Instant::now() < deadline,
+            "therappai saw {} refresh calls, not {n}, within {timeout:?}",
+            fake.counters().refresh_calls
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_mid_refresh_is_taken_over_once_its_lease_runs_out() {
+    let bao = OpenBao::dev().await;
+    // Without rotation the refresh token the holder took to therappai stays good, so the
+    // takeover must end in a served token, whatever therappai did with the dead call.
+    let fake = FakeTherappai::start(fake_therappai::FakeConfig {
+        users: vec![(EMAIL.to_owned(), PASSWORD.to_owned())],
+        access_lifetime: Duration::ZERO,
+        ..fake_therappai::FakeConfig::default()
+    })
+    .await
+    .expect("start fake therappai");
+    let (mut brokers, _role, _prefix) = fleet(&bao, &fake, 2).await;
+    brokers[0].login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    fake.knobs().set_refresh_delay(Duration::from_secs(30));
+    let before = fake.counters().refresh_calls;
+    let mut holder = brokers[0].client().await;
+    let stuck = tokio::spawn(async move { holder.access_token("default").await });
+    refresh_calls_reach(&fake, before + 1, Duration::from_secs(10)).await;
+    brokers[0].kill();
+    let _ = stuck.await;
+    fake.knobs().set_refresh_delay(Duration::ZERO);
+
+    let started = Instant::now();
+    let mut client = brokers[1].client().await;
+    let token = client
+        .access_token("default")
+        .await
+        .expect("broker B takes over the dead holder's refresh");
+    let waited = started.elapsed();
+    assert!(fake.issued_tokens().contains(&token.expose_secret().to_owned()));
+    assert_eq!(
+        fake.counters().refresh_calls,
+        before + 2,
+        "one refresh by the dead holder, one by the broker that took over: no loop"
+    );
+    assert!(
+        waited <= Duration::from_secs(LEASE_SECONDS + 5),
+        "the takeover waited for the lease ({LEASE_SECONDS} s), not longer: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_after_therappai_rotated_costs_the_session_once_and_never_loops() {
+    let bao = OpenBao::dev().await;
+    let fake = rotating_fake().await;
+    let (mut brokers, _role, _prefix) = fleet(&bao, &fake, 2).await;
+    brokers[0].login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    // therappai rotates (and blacklists the old token) at once but answers late: the holder
+    // dies holding the only copy of the new refresh token. Nobody can recover that session.
+    fake.knobs().set_refresh_reply_delay(Duration::from_secs(30));
+    let before = fake.counters();
+    let mut holder = brokers[0].client().await;
+    let stuck = tokio::spawn(async move { holder.access_token("default").await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.counters().refresh_ok == before.refresh_ok {
+        assert!(Instant::now() < deadline, "the holder's refresh never reached therappai");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    brokers[0].kill();
+    let _ = stuck.await;
+    fake.knobs().set_refresh_reply_delay(Duration::ZERO);
+
+    let mut client = brokers[1].client().await;
+    let err = client
+        .access_token("default")
+        .await
+        .expect_err("the blacklisted token cannot be refreshed");
+    assert!(matches!(err, ClientError::NotLoggedIn { .. }), "{err}");
+    assert!(err.to_string().contains("log"), "the error says to log in: {err}");
+    // Asking again makes no upstream call: the session is marked ended for the fleet.
+    let calls = fake.counters().refresh_calls;
+    for _ in 0..5 {
+        client.access_token("default").await.expect_err("still ended");
+    }
+    assert_eq!(fake.counters().refresh_calls, calls, "no loop on a dead token");
+    assert_eq!(
+        fake.counters().refresh_rejected - before.refresh_rejected,
+        1,
+        "exactly one rejected refresh: the takeover's"
+    );
+    // A new login on any broker revives the fleet.
+    brokers[1].login("default", PASSWORD).await;
+    brokers[1].token("default").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_leader_killed_during_a_stampede_loses_no_rotated_token() {
+    let mut bao = OpenBao::cluster(3).await;
+    let fake = rotating_fake().await;
+    let (brokers, _role, _prefix) = fleet_with_lease(&bao, &fake, 3, HA_LEASE_SECONDS).await;
+    brokers[0].login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    // The first refresh keeps the lease long enough for the leader to die under it.
+    fake.knobs().set_refresh_delay(Duration::from_millis(1500));
+    let before = fake.counters();
+
+    let mut calls = tokio::task::JoinSet::new();
+    for broker in &brokers {
+        for _ in 0..20 {
+            let mut client = broker.client().await;
+            calls.spawn(async move {
+                // An app retries UNAVAILABLE; the bound keeps a broken fleet from passing.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    match client.access_token("default").await {
+                        Ok(token) => {
+                            return Ok((token.expose_secret().to_owned(), token.fingerprint().to_owned()));
+                        }
+                        Err(err) if Instant::now() < deadline && err.to_string().contains("OpenBao") => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        Err(err) => return Err(err.to_string()),
+                    }
+                }
+            });
+        }
+    }
+    refresh_calls_reach(&fake, before.refresh_calls + 1, Duration::from_secs(10)).await;
+    let leader = bao.leader().await.expect("a leader");
+    bao.kill(leader);
+    let new_leader = bao.wait_for_new_leader(leader, Duration::from_secs(30)).await;
+    assert_ne!(new_leader, leader);
+
+    let mut tokens = Vec::new();
+    while let Some(result) = calls.join_next().await {
+        tokens.push(result.expect("task").expect("every caller is served in the end"));
+    }
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "one token for the fleet");
+    let after = fake.counters();
+    assert_eq!(after.refresh_rejected, before.refresh_rejected, "no rotated token was lost");
+    assert_eq!(after.refresh_ok - before.refresh_ok, 1, "one refresh for the fleet");
+    // The rotated token reached the new leader: once the access token expires, the next
+    // refresh succeeds.
+    fake.knobs().set_refresh_delay(Duration::ZERO);
+    let mut client = brokers[2].client().await;
+    client
+        .report_rejected("default", &tokens[0].1)
+        .await
+        .expect("a refresh on the new leader succeeds with the rotated token");
+    assert_eq!(fake.counters().refresh_rejected, before.refresh_rejected);
 }

@@ -31,12 +31,20 @@ const POLL: Duration = Duration::from_millis(150);
 /// Check-and-set rounds before a broker gives up for this request (each lost round means
 /// another broker made progress).
 const MAX_ROUNDS: usize = 8;
+/// Reads retried while OpenBao is unavailable (250 ms, doubling: about 1.75 s in all).
+const ELECTION_RETRIES: usize = 3;
+/// A write-back is not retried this close to the end of the lease (another broker may
+/// take over then).
+const WRITE_BACK_MARGIN: Duration = Duration::from_secs(1);
 
 /// The lease this broker holds for one refresh.
 #[derive(Debug)]
 pub(super) struct Claim {
     /// The entry's version after the claim: the `cas` of the write-back.
     pub version: u64,
+    /// When the lease runs out: until then no other broker refreshes this account, so a
+    /// write-back that fails (OpenBao electing a new leader) may be retried until then.
+    pub until: SystemTime,
     /// The refresh token the entry held, which this refresh uses.
     pub refresh: RefreshToken,
 }
@@ -64,7 +72,7 @@ impl Refresher {
             source,
         };
         for _ in 0..MAX_ROUNDS {
-            let read = fleet.read(account).await.map_err(store_error)?;
+            let read = self.read_riding_out_elections(fleet, account).await.map_err(store_error)?;
             let version = read.version;
             let entry = self.adopt(slot, epoch, read)?;
             let now = self.clock.now();
@@ -81,12 +89,13 @@ impl Refresher {
             let Some(refresh) = entry.refresh.as_ref().map(RefreshToken::duplicate) else {
                 continue; // adopt() refuses an entry without one
             };
+            let until = now + fleet.lease();
             let claimed = Entry {
                 refresh: Some(refresh.duplicate()),
                 access: entry.access,
                 lease: Some(Lease {
                     holder: fleet.id().to_owned(),
-                    until: now + fleet.lease(),
+                    until,
                 }),
                 ended: None,
                 written_by: fleet.id().to_owned(),
@@ -96,7 +105,13 @@ impl Refresher {
                 .await
                 .map_err(store_error)?
             {
-                Written::Version(version) => return Ok(Turn::Refresh(Claim { version, refresh })),
+                Written::Version(version) => {
+                    return Ok(Turn::Refresh(Claim {
+                        version,
+                        until,
+                        refresh,
+                    }));
+                }
                 Written::Conflict => {
                     tracing::debug!(account, "lost the race for the refresh lease; re-reading")
                 }
@@ -208,7 +223,29 @@ impl Refresher {
         state.wake_scheduler();
     }
 
-    /// Waits until the entry's version moves past `version` or `until` passes, polling.
+    /// Reads the entry, trying again for about a second when OpenBao is unavailable: a Raft
+    /// cluster elects a new leader in about that time, and callers should not see it.
+    async fn read_riding_out_elections(
+        &self,
+        fleet: &VaultStore,
+        account: &str,
+    ) -> Result<Read, StoreError> {
+        let mut pause = Duration::from_millis(250);
+        for _ in 0..ELECTION_RETRIES {
+            match fleet.read(account).await {
+                Err(err) if err.is_unavailable() => {
+                    tracing::debug!(account, error = %err, "OpenBao unavailable; reading again shortly");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        fleet.read(account).await
+    }
+
+    /// Waits until the entry's version moves past `version` or `until` passes, polling
+    /// (an OpenBao that does not answer meanwhile only means polling on).
     async fn wait_for_change(
         &self,
         fleet: &VaultStore,
@@ -222,8 +259,13 @@ impl Refresher {
             }
             let jitter = Duration::from_millis(rand::random::<u64>() % 100);
             tokio::time::sleep(POLL + jitter).await;
-            if fleet.version(account).await? != Some(version) {
-                return Ok(());
+            match fleet.version(account).await {
+                Ok(now) if now != Some(version) => return Ok(()),
+                Ok(_) => {}
+                Err(err) if err.is_unavailable() => {
+                    tracing::debug!(account, error = %err, "OpenBao unavailable while waiting for another broker's refresh");
+                }
+                Err(err) => return Err(err),
             }
         }
     }
@@ -247,10 +289,23 @@ impl Refresher {
             written_by: fleet.id().to_owned(),
         };
         let mut version = claim.version;
+        let mut pause = Duration::from_millis(250);
         for _ in 0..MAX_ROUNDS {
-            match fleet.write(account, &entry, version).await? {
-                Written::Version(_) => return Ok(None),
-                Written::Conflict => {}
+            match fleet.write(account, &entry, version).await {
+                Ok(Written::Version(_)) => return Ok(None),
+                Ok(Written::Conflict) => {}
+                // While the lease holds nobody else acts on this account: keep the rotated
+                // token's only copy and try again (a new leader is usually elected in ~1 s).
+                Err(err)
+                    if err.is_unavailable()
+                        && self.clock.now() + pause + WRITE_BACK_MARGIN < claim.until =>
+                {
+                    tracing::warn!(account, error = %err, retry_in_ms = pause.as_millis() as u64, "could not write the refresh's result to OpenBao; trying again within the lease");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(err) => return Err(err),
             }
             let read = fleet.read(account).await?;
             let ours = read

@@ -209,8 +209,12 @@ impl Refresher {
             other => other,
         };
 
+        // A failed refresh gives the lease back; a rejected token keeps it until the session
+        // is marked ended (only an entry unchanged since the claim may be).
         if let (Some(fleet), Some(claim)) = (&fleet, &claim)
-            && result.is_err()
+            && result
+                .as_ref()
+                .is_err_and(|e| !matches!(e, UpstreamError::TokenNotValid { .. }))
         {
             self.fleet_release(fleet, account, claim).await;
         }
