@@ -33,22 +33,38 @@
 //!   a bad or expired token → 403 `permission denied`. OpenBao never names the path or the
 //!   capability: the client must (capabilities-self tells which are missing).
 //! - Sealed → 503 `Vault is sealed` on every path, logins included; `/v1/sys/health` → 503.
-//! - Standbys (HA) in 2.7 serve reads from their own copy ("read-enabled standby", on by
-//!   default; `disable_standby_reads = true` in the server config turns it off) and forward
-//!   writes to the active node transparently over the cluster port. Standby reads are
-//!   eventually consistent: a read on a standby right after a write (even one made through
-//!   that same standby) routinely returns the previous version. Every response carries
-//!   `X-Vault-Index`; sending it back makes a lagging standby answer 429 `{"errors":[]}`
-//!   with `Retry-After: 1` at once (it does not wait), and adding
-//!   `X-Vault-Inconsistent: forward-active-node` makes it forward to the active node
-//!   instead. `X-Vault-Forward` is ignored (not in the binary). Performance standbys are not
-//!   a separate kind in OpenBao: every standby is one.
-//! - No reachable active node (the leader was just killed) → a standby answers writes with
-//!   307 and `Location: <the dead leader's api_addr>/v1/...`, empty body, until a new leader
-//!   is elected; reads keep being served locally. A client must not follow that redirect
-//!   (reqwest does by default): treat 307 as "no leader, retry with back-off".
-//!   `/v1/sys/health` on a standby → 429, on the active → 200; `/v1/sys/leader` →
-//!   `is_self`, `leader_address` (absent while unknown).
+//! - Standbys (HA) in 2.7 answer read-only requests from their own copy ("read-enabled
+//!   standby", on by default; `disable_standby_reads = true` in the server config turns it
+//!   off; there is no separate "performance standby" kind) and forward requests that write
+//!   storage to the active node transparently over the cluster port (no redirect while a
+//!   leader is up). Their copy lags: measured right after a write on the leader, 20 of 20
+//!   standby reads returned the previous version, and 20 of 20 writes through a standby with
+//!   the right `cas` were refused with the CAS-mismatch 400 (KV checks `cas` on the standby's
+//!   stale copy before it forwards the write; a wrong `cas` is never accepted, since the
+//!   active node re-checks). An AppRole login through a standby just after the role was
+//!   created fails with 400 `invalid role or secret ID` for ~50-100 ms. With
+//!   `disable_standby_reads = true`: 0 of 20 stale reads, 0 of 20 refused CAS writes.
+//! - Consistency headers: every response carries `X-Vault-Index` (base64 of
+//!   `{"cluster":"<cluster_id>","value":"<raft index>"}`, not signed). Sent back, a lagging
+//!   standby answers 429 `{"errors":[]}` with `Retry-After: 1` at once (it does not wait), in
+//!   both modes; with `X-Vault-Inconsistent: forward-active-node` too, it forwards the request
+//!   to the active node instead. The active node ignores the index (even one from the
+//!   future). This gives a client read-your-own-writes only: it does not know the index of
+//!   another broker's write, so it cannot make a standby show that. `X-Vault-Forward` is not
+//!   in the binary (ignored). To always see the latest entry, a client must talk to the
+//!   active node (find it with `/v1/sys/leader` `leader_address`, or a load balancer that
+//!   health-checks `/v1/sys/health`: 200 only on the active node), or the operator sets
+//!   `disable_standby_reads = true`.
+//! - No reachable active node (the leader was just SIGKILLed) → a standby answers writes
+//!   (and, with standby reads off, reads too) with 307 and `Location: <dead leader's
+//!   api_addr>/v1/...`, empty body, until a new leader is elected (measured 2-5 s with
+//!   `performance_multiplier = 1`, ~9 s with the default); a 500 can show for a moment
+//!   during the hand-over. A client must not follow that redirect (reqwest does by default):
+//!   treat 307 as "no leader yet, retry with back-off". `/v1/sys/health` → 200 active,
+//!   429 standby, 503 sealed, 501 not initialised; `/v1/sys/leader` → `is_self`,
+//!   `leader_address` (absent while unknown).
+//! - `PUT /v1/sys/seal` on a standby seals it with standby reads on; with them off it is
+//!   refused (500 `vault cannot seal when in standby mode; please restart instead`).
 //! - Right after a KV v2 mount is enabled, standbys answer 400 `Waiting for the primary to
 //!   upgrade from non-versioned to versioned data...` for a moment.
 
@@ -598,6 +614,13 @@ impl OpenBao {
 
     /// Starts a killed node again (same data, ports, config) and unseals it.
     pub async fn restart(&mut self, node: usize) {
+        self.restart_sealed(node).await;
+        self.unseal(node).await;
+    }
+
+    /// Starts node `node` again (killing it first if it runs) and leaves it sealed: it
+    /// listens and answers 503 `Vault is sealed`.
+    pub async fn restart_sealed(&mut self, node: usize) {
         assert!(
             self.secrets.unseal_key.is_some(),
             "restart is for cluster nodes (a dev server's storage is in memory)"
@@ -607,26 +630,30 @@ impl OpenBao {
         if self.wait_listening(node).await.is_err() {
             panic!("node {node}'s port was taken while it was down");
         }
-        self.unseal(node).await;
     }
 
-    /// Seals node `node` (`PUT /v1/sys/seal` on it).
-    pub async fn seal(&self, node: usize) {
+    /// Seals node `node`: `PUT /v1/sys/seal` on it, or, where OpenBao refuses that (a
+    /// standby with `disable_standby_reads`: "cannot seal when in standby mode"), a restart
+    /// left sealed, which clients cannot tell apart.
+    pub async fn seal(&mut self, node: usize) {
         let reply = self.root(node, Method::PUT, "/v1/sys/seal", None).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::NO_CONTENT,
-            "seal node {node}: {}",
-            reply.errors()
-        );
+        if reply.status != StatusCode::NO_CONTENT {
+            assert!(
+                reply.errors().contains("standby"),
+                "seal node {node}: {} {}",
+                reply.status,
+                reply.errors()
+            );
+            self.restart_sealed(node).await;
+        }
         self.wait_health(node, |s| s == StatusCode::SERVICE_UNAVAILABLE)
             .await;
     }
 
     /// Seals every running node.
-    pub async fn seal_all(&self) {
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.child.is_some() {
+    pub async fn seal_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_some() {
                 self.seal(i).await;
             }
         }
@@ -664,14 +691,26 @@ impl OpenBao {
     }
 }
 
+/// Server settings of a cluster that tests may change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterOptions {
+    /// `disable_standby_reads`: standbys forward reads to the active node too.
+    pub disable_standby_reads: bool,
+}
+
 /// A 3-node (or n-node) Raft cluster.
 impl OpenBao {
     /// `n` nodes with integrated Raft storage on loopback, TLS from a fresh CA: node 0 is
     /// initialised (1 key share) and unsealed, the others join it and are unsealed; returns
     /// once there is a leader, every node is a voter, and KV v2 is mounted at `secret/`.
     pub async fn cluster(n: usize) -> Self {
+        Self::cluster_with(n, ClusterOptions::default()).await
+    }
+
+    /// [`OpenBao::cluster`] with non-default server settings.
+    pub async fn cluster_with(n: usize, options: ClusterOptions) -> Self {
         for _attempt in 0..5 {
-            match Self::try_cluster(n).await {
+            match Self::try_cluster(n, options).await {
                 Ok(bao) => return bao,
                 Err(StartError::PortTaken) => continue,
             }
@@ -679,7 +718,7 @@ impl OpenBao {
         panic!("could not find free ports for an OpenBao cluster in 5 attempts");
     }
 
-    async fn try_cluster(n: usize) -> Result<Self, StartError> {
+    async fn try_cluster(n: usize, options: ClusterOptions) -> Result<Self, StartError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_pem = dir.path().join("ca.pem");
         write_cluster_tls(dir.path());
@@ -692,7 +731,7 @@ impl OpenBao {
                 let config = node_dir.join("config.hcl");
                 std::fs::write(
                     &config,
-                    node_config(dir.path(), &node_dir, i, api_port, cluster_port),
+                    node_config(dir.path(), &node_dir, i, (api_port, cluster_port), options),
                 )
                 .expect("write node config");
                 Node {
@@ -972,17 +1011,27 @@ fn write_cluster_tls(dir: &Path) {
 
 /// One node's server config. `performance_multiplier = 1` makes Raft elect a new leader in
 /// about a second after a kill instead of about 9 s.
-fn node_config(dir: &Path, node_dir: &Path, i: usize, api_port: u16, cluster_port: u16) -> String {
+fn node_config(
+    dir: &Path,
+    node_dir: &Path,
+    i: usize,
+    (api_port, cluster_port): (u16, u16),
+    options: ClusterOptions,
+) -> String {
     let d = dir.display();
     let nd = node_dir.display();
+    let disable_standby_reads = options.disable_standby_reads;
     format!(
         r#"disable_mlock = true
+disable_standby_reads = {disable_standby_reads}
 api_addr = "https://127.0.0.1:{api_port}"
 cluster_addr = "https://127.0.0.1:{cluster_port}"
 storage "raft" {{
   path = "{nd}/raft"
   node_id = "node{i}"
   performance_multiplier = 1
+  autopilot_reconcile_interval = "1s"
+  autopilot_update_interval = "500ms"
 }}
 listener "tcp" {{
   address = "127.0.0.1:{api_port}"
