@@ -61,8 +61,10 @@
 //!   (and, with standby reads off, reads too) with 307 and `Location: <dead leader's
 //!   api_addr>/v1/...`, empty body, until a new leader is elected (measured 2-5 s with
 //!   `performance_multiplier = 1`, ~9 s with the default); a 500 can show for a moment
-//!   during the hand-over. A client must not follow that redirect (reqwest does by default):
-//!   treat 307 as "no leader yet, retry with back-off". `/v1/sys/health` → 200 active,
+//!   during the hand-over (`local node not active but active cluster node not found`), and
+//!   for a moment the 307's `Location` names the candidate before it is active. A client
+//!   must not follow that redirect (reqwest does by default): treat 307 and that 500 as "no
+//!   leader yet, retry with back-off". `/v1/sys/health` → 200 active,
 //!   429 standby, 503 sealed, 501 not initialised; `/v1/sys/leader` → `is_self`,
 //!   `leader_address` (absent while unknown).
 //! - `PUT /v1/sys/seal` on a standby seals it with standby reads on; with them off it is
@@ -429,6 +431,19 @@ impl OpenBao {
         )
         .await
         .unwrap_or_else(|e| panic!("{method} {path} on node {node}: {e}"))
+    }
+
+    /// Reads `key` (below the KV mount, e.g. `therappai-broker/p/default`) on the active node
+    /// with the root token: what the store really holds, whatever a broker says.
+    pub async fn read_kv(&self, key: &str) -> Reply {
+        let leader = self.leader().await.expect("an active node");
+        self.root(
+            leader,
+            Method::GET,
+            &format!("/v1/{KV_MOUNT}/data/{key}"),
+            None,
+        )
+        .await
     }
 
     /// [`OpenBao::root`] against the current leader, asserting a 2xx status.

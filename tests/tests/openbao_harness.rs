@@ -29,7 +29,10 @@ async fn dev_server_approle_and_kv_v2_check_and_set() {
 
     let http = bao.client();
     let addr = bao.address();
+    let token_file = bao.token_file(&role).await;
+    let from_file = std::fs::read_to_string(&token_file).expect("read the token file");
     let (token, ttl) = bao.login(&role).await;
+    assert_ne!(from_file, token, "each login is a new token");
     assert_eq!(ttl, Duration::from_secs(60), "the role's token_ttl");
     let token = Some(token.as_str());
 
@@ -98,6 +101,11 @@ async fn dev_server_approle_and_kv_v2_check_and_set() {
         .await
         .expect("read");
     assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(
+        bao.read_kv(&format!("{prefix}/account-a")).await.body["data"],
+        read.body["data"],
+        "the root view"
+    );
     assert_eq!(read.body["data"]["data"], json!({"refresh": "r2"}));
     assert_eq!(read.body["data"]["metadata"]["version"], json!(2));
     let meta = call(&http, &addr, Method::GET, &metadata, token, None)

@@ -51,6 +51,7 @@ pub struct AppRole {
     pub policy: String,
     pub role_id_file: PathBuf,
     pub secret_id_file: PathBuf,
+    /// Holds the files (removed on drop).
     _dir: tempfile::TempDir,
 }
 
@@ -138,6 +139,15 @@ impl OpenBao {
             secret_id_file,
             _dir: dir,
         }
+    }
+
+    /// Logs in with `role` and writes the token to a 0600 file beside its credentials, as
+    /// OpenBao Agent would for `auth = "token_file"`; returns the file.
+    pub async fn token_file(&self, role: &AppRole) -> PathBuf {
+        let (token, _) = self.login(role).await;
+        let path = role._dir.path().join(crate::unique_name("token"));
+        write_private(&path, &token);
+        path
     }
 
     /// Logs in with `role` over HTTPS as a broker would; returns the token and its TTL.
