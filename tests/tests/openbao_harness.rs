@@ -64,6 +64,41 @@ async fn dev_server_approle_and_kv_v2_check_and_set() {
         me.body
     );
 
+    // Near its max TTL a renewal still succeeds, but grants less than asked and says so.
+    let short = bao
+        .approle(&RoleSpec {
+            token_ttl: Duration::from_secs(2),
+            token_max_ttl: Duration::from_secs(3),
+            ..RoleSpec::new(&prefix)
+        })
+        .await;
+    let (short_token, _) = bao.login(&short).await;
+    let capped = call(
+        &http,
+        &addr,
+        Method::POST,
+        "/v1/auth/token/renew-self",
+        Some(&short_token),
+        Some(&json!({"increment": "60s"})),
+    )
+    .await
+    .expect("renew-self");
+    assert_eq!(capped.status, StatusCode::OK, "{}", capped.errors());
+    assert!(
+        capped.body["auth"]["lease_duration"]
+            .as_u64()
+            .is_some_and(|t| t <= 3),
+        "{}",
+        capped.body
+    );
+    assert!(
+        capped.body["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("max_ttl")),
+        "{}",
+        capped.body
+    );
+
     let data = format!("/v1/{KV_MOUNT}/data/{prefix}/account-a");
     let metadata = format!("/v1/{KV_MOUNT}/metadata/{prefix}/account-a");
     let missing = call(&http, &addr, Method::GET, &data, token, None)
