@@ -149,6 +149,12 @@ impl Audit {
     }
 }
 
+/// A fleet's session ended on another broker (logout, revoke, rejected token), and this
+/// broker followed: its memory is wiped and its watchers told.
+pub fn session_ended_elsewhere(account: &str, reason: &str) {
+    tracing::warn!(target: "audit", account, rpc = "fleet", decision = "session-ended", reason, "session ended by another broker of the fleet");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,6 +87,9 @@ pub struct SlotState {
     pub last_refresh: Option<(SystemTime, String)>,
     /// Why the session needs a login, for status.
     pub needs_login_reason: Option<String>,
+    /// Fingerprint of the refresh token the last ended session held: a fleet's entry that
+    /// still holds it is that session, about to be marked ended, not a new login to follow.
+    pub ended_refresh: Option<String>,
     /// Session generation, bumped by [`SlotState::end_session`] (see the module doc).
     epoch: u64,
     events: broadcast::Sender<SessionEvent>,
@@ -164,6 +167,9 @@ impl SlotState {
     ) -> EndedSession {
         self.epoch = self.epoch.wrapping_add(1);
         let (had_access, refresh) = self.forget_tokens();
+        if let Some(refresh) = &refresh {
+            self.ended_refresh = Some(refresh.fingerprint());
+        }
         self.store_unread = false;
         self.needs_login_reason = None;
         let watchers_notified = self.set_session(next, at, reason);
@@ -220,6 +226,7 @@ impl AccountSlot {
                 store_unread: true,
                 last_refresh: None,
                 needs_login_reason: None,
+                ended_refresh: None,
                 epoch: 0,
                 events,
                 wake: Arc::clone(&wake),

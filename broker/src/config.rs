@@ -105,6 +105,8 @@ pub struct StoreConfig {
     /// `[store] key_file`: the encrypted-file store's key outside systemd (under systemd the
     /// credential `store-key` is used when this is not set).
     pub key_file: Option<PathBuf>,
+    /// `[store.vault]`: the fleet's OpenBao, for `backend = "vault"`.
+    pub vault: Option<crate::store::vault::config::VaultConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +252,7 @@ struct RawStore {
     service: Option<String>,
     file: Option<PathBuf>,
     key_file: Option<PathBuf>,
+    vault: Option<crate::store::vault::config::RawVault>,
 }
 
 impl RawStore {
@@ -266,7 +269,7 @@ impl RawStore {
             // A key that has no effect would mislead whoever reads the config.
             if matches!(
                 backend,
-                BackendChoice::SecretService | BackendChoice::Keyutils
+                BackendChoice::SecretService | BackendChoice::Keyutils | BackendChoice::Vault
             ) {
                 return Err(format!(
                     "[store] {key} is used by backend = \"encrypted-file\" (or \"auto\") only, but backend = \"{}\"; remove {key} or change the backend",
@@ -274,11 +277,25 @@ impl RawStore {
                 ));
             }
         }
+        let vault = match (backend, self.vault) {
+            (BackendChoice::Vault, Some(raw)) => Some(raw.validate()?),
+            (BackendChoice::Vault, None) => {
+                return Err("[store] backend = \"vault\" needs a [store.vault] section with address, prefix and auth (see the README's Fleets section)".to_owned());
+            }
+            (_, Some(_)) => {
+                return Err(format!(
+                    "[store.vault] is used by backend = \"vault\" only, but backend = \"{}\"; remove the section or set backend = \"vault\"",
+                    backend.as_str()
+                ));
+            }
+            (_, None) => None,
+        };
         Ok(StoreConfig {
             backend,
             service,
             file: self.file,
             key_file: self.key_file,
+            vault,
         })
     }
 }

@@ -91,10 +91,13 @@ impl Daemon {
         systemd_socket: Option<std::os::unix::net::UnixListener>,
     ) -> Result<Self, StartError> {
         let store_config = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || store::open(&store_config))
-            .await
-            .map_err(|e| StartError::Upstream(format!("store start-up task failed: {e}")))??;
-        let store = StoreHandle::new(store);
+        let store = tokio::task::spawn_blocking(move || match store_config.backend {
+            store::BackendChoice::Vault => store::open_vault(&store_config)
+                .map(|fleet| StoreHandle::fleet_store(Arc::new(fleet))),
+            _ => store::open(&store_config).map(StoreHandle::new),
+        })
+        .await
+        .map_err(|e| StartError::Upstream(format!("store start-up task failed: {e}")))??;
         tracing::info!(backend = %store.backend(), detail = %store.describe(), "secure store ready");
         Self::start_on(config, store, Arc::new(SystemClock), systemd_socket).await
     }
@@ -230,6 +233,12 @@ impl Daemon {
                 Arc::clone(&service.refresher),
                 Arc::clone(slot),
                 Arc::clone(&service.clock),
+                shutdown.child_token(),
+            ));
+            // Returns at once unless the store is a fleet's OpenBao.
+            tokio::spawn(refresh::watch_fleet(
+                Arc::clone(&service.refresher),
+                Arc::clone(slot),
                 shutdown.child_token(),
             ));
         }

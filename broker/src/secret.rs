@@ -79,6 +79,12 @@ secret_newtype!(
     Password,
     "Password"
 );
+secret_newtype!(
+    /// An OpenBao (Vault) client token, or an AppRole secret_id: what lets the broker read
+    /// the fleet's entries.
+    VaultCredential,
+    "VaultCredential"
+);
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,9 @@ pub enum StoreKind {
     Keyutils,
     /// `encrypted-file` at `{dir}/state/tokens.enc`, keyed by `{dir}/store.key` (0600).
     EncryptedFile,
+    /// `vault`: a fleet's OpenBao; the test puts the `[store.vault]` section in
+    /// `extra_config` (see `openbao::AppRole::store_section`).
+    Vault,
 }
 
 impl StoreKind {
@@ -24,6 +27,7 @@ impl StoreKind {
             Self::SecretService => "secret-service",
             Self::Keyutils => "keyutils",
             Self::EncryptedFile => "encrypted-file",
+            Self::Vault => "vault",
         }
     }
 }
@@ -485,6 +489,7 @@ impl Broker {
                 .encrypted_file_accounts()
                 .iter()
                 .any(|name| name == account),
+            StoreKind::Vault => panic!("a vault entry is read from OpenBao by the test itself"),
         }
     }
 
@@ -562,7 +567,7 @@ fn config_text(
                     dir.join("store.key").display()
                 )
             }
-            StoreKind::SecretService | StoreKind::Keyutils => String::new(),
+            StoreKind::SecretService | StoreKind::Keyutils | StoreKind::Vault => String::new(),
         },
         ca_file.display(),
         options.request_timeout_seconds

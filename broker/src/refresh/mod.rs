@@ -24,10 +24,13 @@
 
 mod background;
 mod cycle;
+mod fleet;
+mod fleet_watch;
 mod outcome;
 pub mod schedule;
 
 pub use background::run_background;
+pub use fleet_watch::watch_fleet;
 
 use outcome::session_ended_error;
 
@@ -170,7 +173,20 @@ impl Refresher {
                 ),
             });
         }
-        let refresh = self.current_refresh_token(slot, epoch).await?;
+        // With a fleet's OpenBao, the fleet may have the token already, or another broker may
+        // be refreshing: see fleet.rs.
+        let fleet = self.store.fleet().cloned();
+        let claim = match &fleet {
+            Some(fleet) => match self.fleet_turn(fleet, slot, epoch, &need).await? {
+                fleet::Turn::Served(served) => return Ok(served),
+                fleet::Turn::Refresh(claim) => Some(claim),
+            },
+            None => None,
+        };
+        let refresh = match &claim {
+            Some(claim) => claim.refresh.duplicate(),
+            None => self.current_refresh_token(slot, epoch).await?,
+        };
         slot.update_if_current(epoch, |state| {
             state.set_session(SessionState::Refreshing, now, "")
         });
@@ -193,6 +209,11 @@ impl Refresher {
             other => other,
         };
 
+        if let (Some(fleet), Some(claim)) = (&fleet, &claim)
+            && result.is_err()
+        {
+            self.fleet_release(fleet, account, claim).await;
+        }
         if slot.epoch() != epoch {
             // A logout or revoke ended the session during the cycle: nothing it got counts.
             return Err(match result {
@@ -203,11 +224,12 @@ impl Refresher {
         match result {
             Ok(refreshed) => {
                 let for_caller = !matches!(need, Need::Ahead);
-                self.accept(slot, epoch, refreshed, for_caller).await
+                self.accept(slot, epoch, refreshed, for_caller, claim.as_ref())
+                    .await
             }
-            Err(UpstreamError::TokenNotValid { detail }) => {
-                Err(self.end_session(slot, epoch, &refresh, detail).await)
-            }
+            Err(UpstreamError::TokenNotValid { detail }) => Err(self
+                .end_session(slot, epoch, &refresh, detail, claim.as_ref())
+                .await),
             Err(err) => {
                 let now = self.clock.now();
                 let outcome = err.to_string();

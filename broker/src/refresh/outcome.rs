@@ -2,6 +2,7 @@
 //! access token to the cache and the caller; or the session ends (rejected token), or the
 //! result is dropped (a logout or revoke ran meanwhile).
 
+use super::fleet::Claim;
 use super::{MIN_AHEAD_INTERVAL, Refresher, schedule};
 use crate::cache::{AccountSlot, ServedToken, SessionState, SlotState};
 use crate::error::BrokerError;
@@ -20,11 +21,39 @@ impl Refresher {
         epoch: u64,
         refreshed: Refreshed,
         for_caller: bool,
+        claim: Option<&Claim>,
     ) -> Result<ServedToken, BrokerError> {
         let account = slot.config.name.as_str();
-        let store_result = match &refreshed.rotated {
-            Some(rotated) => Some(self.store.save(account, rotated).await),
-            None => None,
+        let store_result = match (self.store.fleet(), claim) {
+            // The fleet's entry gets the access token too, so the other brokers serve it.
+            (Some(fleet), Some(claim)) => {
+                match self
+                    .fleet_write_back(fleet, account, claim, &refreshed)
+                    .await
+                {
+                    Ok(None) => refreshed.rotated.as_ref().map(|_| Ok(())),
+                    Ok(Some(won)) => {
+                        // Another broker's rotation won: ours is not the fleet's session.
+                        if let Some(rotated) = &refreshed.rotated {
+                            let outcome = self.upstream.revoke(rotated).await;
+                            tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token of the rotation that lost");
+                        }
+                        self.adopt(slot, epoch, won)?;
+                        let need = super::Need::ValidFor(std::time::Duration::ZERO);
+                        return self.answer_from_cache(slot, &need, self.clock.now()).ok_or_else(|| {
+                            BrokerError::UpstreamUnavailable {
+                                account: account.to_owned(),
+                                reason: "another broker of the fleet rotated the session at the same time; try again".to_owned(),
+                            }
+                        });
+                    }
+                    Err(err) => Some(Err(err)),
+                }
+            }
+            _ => match &refreshed.rotated {
+                Some(rotated) => Some(self.store.save(account, rotated).await),
+                None => None,
+            },
         };
         // A logout that ran during the store write deletes the entry once this cycle releases
         // the flight slot; here only memory and the caller matter.
@@ -143,13 +172,37 @@ impl Refresher {
         epoch: u64,
         refresh: &RefreshToken,
         detail: String,
+        claim: Option<&Claim>,
     ) -> BrokerError {
         let account = slot.config.name.as_str();
         let reason = format!("therappai rejected the refresh token: {detail}");
-        tracing::warn!(account, refresh_sha256 = %refresh.fingerprint(), %reason, "session ended; a new login is needed");
-        if let Err(err) = self.store.delete(account).await {
-            tracing::error!(account, error = %err, "could not delete the rejected refresh token from the store");
+        match (self.store.fleet(), claim) {
+            // Only if the entry did not change since this broker claimed it: another broker
+            // may have rotated meanwhile, and then the fleet's session lives on.
+            (Some(fleet), Some(claim)) => match fleet.end_at(account, claim.version, &reason).await
+            {
+                Ok(crate::store::vault::Written::Version(_)) => {}
+                Ok(crate::store::vault::Written::Conflict) => {
+                    tracing::info!(
+                        account,
+                        "the rejected token was already replaced in the fleet's entry; the session lives on"
+                    );
+                    return BrokerError::UpstreamUnavailable {
+                        account: account.to_owned(),
+                        reason: "another broker of the fleet replaced the session's refresh token during this refresh; try again".to_owned(),
+                    };
+                }
+                Err(err) => {
+                    tracing::error!(account, error = %err, "could not mark the fleet's entry as ended");
+                }
+            },
+            _ => {
+                if let Err(err) = self.store.delete(account).await {
+                    tracing::error!(account, error = %err, "could not delete the rejected refresh token from the store");
+                }
+            }
         }
+        tracing::warn!(account, refresh_sha256 = %refresh.fingerprint(), %reason, "session ended; a new login is needed");
         let now = self.clock.now();
         // After a logout during this cycle the account stays logged-out.
         slot.update_if_current(epoch, |state| {

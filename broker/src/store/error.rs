@@ -198,6 +198,16 @@ pub enum StoreError {
         /// The OS's answer (not `source`: the message already shows it).
         error: std::io::Error,
     },
+    /// OpenBao (the `vault` backend) refused or could not answer.
+    #[error("cannot {op} in OpenBao: {problem}")]
+    Vault {
+        /// What the broker was doing, with the account.
+        op: Op,
+        /// What OpenBao said, and what to do about it.
+        problem: String,
+        /// Whether OpenBao itself is down (sealed, unreachable, no leader).
+        unavailable: bool,
+    },
     /// The blocking task running the store call died.
     #[error(
         "the {backend} store task {how} while trying to {op}; the broker keeps running, try again"
@@ -216,10 +226,11 @@ impl StoreError {
     /// Whether the store itself failed (no bus, no Secret Service, locked, refused, gone),
     /// rather than answering about one entry (corrupt, ambiguous, a name it cannot file).
     pub fn is_unavailable(&self) -> bool {
-        !matches!(
-            self,
-            Self::InvalidAccount { .. } | Self::Corrupt { .. } | Self::Ambiguous { .. }
-        )
+        match self {
+            Self::InvalidAccount { .. } | Self::Corrupt { .. } | Self::Ambiguous { .. } => false,
+            Self::Vault { unavailable, .. } => *unavailable,
+            _ => true,
+        }
     }
 
     /// Translates a keyring-core error for `op`. Never formats the variants that carry secret

@@ -51,6 +51,7 @@ mod error;
 mod keyutils;
 mod memory;
 mod secret_service;
+pub mod vault;
 
 pub use error::{Op, StoreError};
 pub use keyutils::join_session_keyring;
@@ -73,6 +74,8 @@ pub enum Backend {
     Keyutils,
     /// One encrypted file under the state directory.
     EncryptedFile,
+    /// An OpenBao (Vault) KV v2 mount shared by a fleet of brokers.
+    Vault,
 }
 
 impl fmt::Display for Backend {
@@ -81,12 +84,13 @@ impl fmt::Display for Backend {
             Self::SecretService => "secret-service",
             Self::Keyutils => "keyutils",
             Self::EncryptedFile => "encrypted-file",
+            Self::Vault => "vault",
         })
     }
 }
 
 /// What the config asked for: `backend = "auto" | "secret-service" | "keyutils" |
-/// "encrypted-file"`.
+/// "encrypted-file" | "vault"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendChoice {
@@ -99,6 +103,8 @@ pub enum BackendChoice {
     Keyutils,
     /// The encrypted file only; fail without its key.
     EncryptedFile,
+    /// OpenBao / Vault, from `[store.vault]`: a fleet's shared entries.
+    Vault,
 }
 
 impl BackendChoice {
@@ -109,6 +115,7 @@ impl BackendChoice {
             Self::SecretService => "secret-service",
             Self::Keyutils => "keyutils",
             Self::EncryptedFile => "encrypted-file",
+            Self::Vault => "vault",
         }
     }
 }
@@ -148,6 +155,7 @@ pub fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
             set_by,
         ),
         BackendChoice::Keyutils => chosen(keyutils::KeyutilsStore::open(service)?, set_by),
+        BackendChoice::Vault => Ok(Arc::new(open_vault(config)?)),
         BackendChoice::EncryptedFile => {
             let key = KeySource::find(config.key_file.as_deref()).ok_or(StoreError::NoKey)?;
             chosen(open_encrypted_file(config, key)?, set_by)
@@ -206,13 +214,24 @@ pub fn rekey(config: &StoreConfig, new: &KeySource) -> Result<encrypted_file::Re
         BackendChoice::EncryptedFile | BackendChoice::Auto => {
             KeySource::find(config.key_file.as_deref()).ok_or(StoreError::NoKey)?
         }
-        BackendChoice::SecretService | BackendChoice::Keyutils => {
+        BackendChoice::SecretService | BackendChoice::Keyutils | BackendChoice::Vault => {
             return Err(StoreError::NotEncryptedFile {
                 backend: config.backend.as_str(),
             });
         }
     };
     encrypted_file::rekey(&encrypted_file_path(config)?, old, new)
+}
+
+/// Opens the `vault` backend of `config` (a fleet's shared entries in OpenBao). Blocking, on
+/// the daemon's blocking pool.
+pub fn open_vault(config: &StoreConfig) -> Result<vault::VaultStore, StoreError> {
+    let vault = config.vault.clone().ok_or_else(|| StoreError::Vault {
+        op: Op::Open,
+        problem: "backend = \"vault\" needs a [store.vault] section".to_owned(),
+        unavailable: false,
+    })?;
+    vault::VaultStore::open(vault)
 }
 
 fn open_encrypted_file(
@@ -295,6 +314,9 @@ fn check_account(account: &str) -> Result<(), StoreError> {
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
     inner: Arc<dyn Store>,
+    /// The same store when it is a fleet's OpenBao: the refresher and the watcher use its
+    /// versions and leases.
+    fleet: Option<Arc<vault::VaultStore>>,
     /// Told of every call's outcome: store errors and availability (health, metrics).
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -304,8 +326,23 @@ impl StoreHandle {
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
             inner,
+            fleet: None,
             metrics: Arc::default(),
         }
+    }
+
+    /// Wraps a fleet's OpenBao store.
+    pub fn fleet_store(store: Arc<vault::VaultStore>) -> Self {
+        Self {
+            inner: Arc::clone(&store) as Arc<dyn Store>,
+            fleet: Some(store),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The fleet's OpenBao store, when that is the backend.
+    pub fn fleet(&self) -> Option<&Arc<vault::VaultStore>> {
+        self.fleet.as_ref()
     }
 
     /// Reports every call's outcome to `metrics` (store errors, and availability, which the

@@ -327,6 +327,7 @@ fn describe_names_the_file_the_key_and_why() {
         service: "therappai-broker".to_owned(),
         file: Some(world.file()),
         key_file: Some(key.path().to_owned()),
+        vault: None,
     };
     let store = crate::store::open(&config).expect("open");
     let text = store.describe();
@@ -352,6 +353,7 @@ fn no_key_at_all_says_how_to_make_one() {
         service: "therappai-broker".to_owned(),
         file: Some("/nonexistent/tokens.enc".into()),
         key_file: None,
+        vault: None,
     };
     // Only meaningful where no credential directory is set (not under systemd).
     if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {

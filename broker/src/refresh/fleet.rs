@@ -1,0 +1,300 @@
+//! Fleet-wide single flight, for the `vault` store: one upstream refresh per access-token
+//! lifetime for every broker sharing an account, with OpenBao as the only coordinator.
+//!
+//! Before it refreshes, a broker reads the account's entry:
+//! 1. a logout record (or no entry) → the session ended elsewhere: wipe memory, refuse;
+//! 2. an access token that serves the caller → adopt it (and the entry's refresh token);
+//! 3. a live lease of another broker → poll the entry's version (short, jittered, bounded by
+//!    the lease) and start over when it changes or the lease runs out;
+//! 4. else claim the lease with a check-and-set write, and refresh with the entry's refresh
+//!    token. A lost race starts over.
+//!
+//! The holder writes the result (rotated refresh token, new access token, lease cleared)
+//! with check-and-set *before* serving it. If that write loses (the lease ran out and the
+//! entry changed), the broker re-reads: when the entry still holds the refresh token it used,
+//! only the lease moved, and its result is the fleet's newest: it writes again; otherwise
+//! another broker's rotation won and its result is adopted. A broker whose refresh token is
+//! rejected re-reads first and only ends the session if the entry did not change.
+
+use super::{MIN_AHEAD_INTERVAL, Refresher, schedule};
+use crate::cache::{AccountSlot, ServedToken, SessionState};
+use crate::error::BrokerError;
+use crate::secret::RefreshToken;
+use crate::store::StoreError;
+use crate::store::vault::entry::{Entry, Lease};
+use crate::store::vault::{Read, VaultStore, Written};
+use crate::upstream::{IssuedAccess, Refreshed};
+use std::time::{Duration, SystemTime};
+
+/// How often a waiting broker looks at the entry's version, before jitter.
+const POLL: Duration = Duration::from_millis(150);
+/// Check-and-set rounds before a broker gives up for this request (each lost round means
+/// another broker made progress).
+const MAX_ROUNDS: usize = 8;
+
+/// The lease this broker holds for one refresh.
+#[derive(Debug)]
+pub(super) struct Claim {
+    /// The entry's version after the claim: the `cas` of the write-back.
+    pub version: u64,
+    /// The refresh token the entry held, which this refresh uses.
+    pub refresh: RefreshToken,
+}
+
+/// What the fleet says to do.
+pub(super) enum Turn {
+    /// The fleet already has a token for the caller.
+    Served(ServedToken),
+    /// This broker holds the lease: refresh.
+    Refresh(Claim),
+}
+
+impl Refresher {
+    /// Steps 1-4 of the module doc.
+    pub(super) async fn fleet_turn(
+        &self,
+        fleet: &VaultStore,
+        slot: &AccountSlot,
+        epoch: u64,
+        need: &super::Need,
+    ) -> Result<Turn, BrokerError> {
+        let account = slot.config.name.as_str();
+        let store_error = |source: StoreError| BrokerError::Store {
+            account: account.to_owned(),
+            source,
+        };
+        for _ in 0..MAX_ROUNDS {
+            let read = fleet.read(account).await.map_err(store_error)?;
+            let version = read.version;
+            let entry = self.adopt(slot, epoch, read)?;
+            let now = self.clock.now();
+            if let Some(served) = self.answer_from_cache(slot, need, now) {
+                return Ok(Turn::Served(served));
+            }
+            if let Some(lease) = entry.leased_by_other(fleet.id(), now) {
+                tracing::debug!(account, holder = %lease.holder, "another broker is refreshing; waiting for its result");
+                self.wait_for_change(fleet, account, version, lease.until)
+                    .await
+                    .map_err(store_error)?;
+                continue;
+            }
+            let Some(refresh) = entry.refresh.as_ref().map(RefreshToken::duplicate) else {
+                continue; // adopt() refuses an entry without one
+            };
+            let claimed = Entry {
+                refresh: Some(refresh.duplicate()),
+                access: entry.access,
+                lease: Some(Lease {
+                    holder: fleet.id().to_owned(),
+                    until: now + fleet.lease(),
+                }),
+                ended: None,
+                written_by: fleet.id().to_owned(),
+            };
+            match fleet
+                .write(account, &claimed, version)
+                .await
+                .map_err(store_error)?
+            {
+                Written::Version(version) => return Ok(Turn::Refresh(Claim { version, refresh })),
+                Written::Conflict => {
+                    tracing::debug!(account, "lost the race for the refresh lease; re-reading")
+                }
+            }
+        }
+        Err(BrokerError::UpstreamUnavailable {
+            account: account.to_owned(),
+            reason:
+                "the brokers of the fleet kept changing this account's OpenBao entry; try again"
+                    .to_owned(),
+        })
+    }
+
+    /// Takes what a read found into memory: ends the session on a logout record, installs a
+    /// refresh token and access token this memory lacks. Returns the entry (which holds a
+    /// refresh token) for the caller to decide on.
+    pub(super) fn adopt(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        read: Read,
+    ) -> Result<Entry, BrokerError> {
+        let account = slot.config.name.as_str();
+        let now = self.clock.now();
+        let ended_here = slot.state().ended_refresh.clone();
+        let mut entry = match read.entry {
+            // The session this broker ended, whose logout record is on its way: not a login.
+            Some(entry)
+                if entry
+                    .refresh
+                    .as_ref()
+                    .is_some_and(|r| Some(r.fingerprint()) != ended_here) =>
+            {
+                entry
+            }
+            other => {
+                let reason = match other.and_then(|e| e.ended) {
+                    Some(ended) => format!(
+                        "the session was ended by broker {} at {} ({})",
+                        ended.by,
+                        crate::clock::utc_rfc3339(ended.at),
+                        ended.reason
+                    ),
+                    None => "the fleet's OpenBao holds no session for this account".to_owned(),
+                };
+                let had_session = slot.update_if_current(epoch, |state| {
+                    let had = state.session() != SessionState::LoggedOut;
+                    state.end_session(SessionState::LoggedOut, now, &reason);
+                    had
+                });
+                if had_session == Some(true) {
+                    crate::audit::session_ended_elsewhere(account, &reason);
+                }
+                return Err(BrokerError::NotLoggedIn {
+                    account: account.to_owned(),
+                });
+            }
+        };
+        let access = entry.access.take();
+        let adopted = slot.update_if_current(epoch, |state| {
+            let same = state.refresh.as_ref() == entry.refresh.as_ref();
+            if !same {
+                state.refresh = entry.refresh.as_ref().map(RefreshToken::duplicate);
+                state.generation += 1;
+                state.access = None;
+            }
+            state.refresh_stored = true;
+            state.store_unread = false;
+            state.store_problem = None;
+            if state.session() == SessionState::LoggedOut
+                || state.session() == SessionState::NeedsLogin
+            {
+                state.needs_login_reason = None;
+                state.set_session(SessionState::Active, now, "the fleet's session");
+            }
+            if let Some(access) = &access {
+                let newer = state
+                    .access
+                    .as_ref()
+                    .is_none_or(|held| held.expires_at < access.expires_at);
+                if newer && access.expires_at > now {
+                    self.install_access(state, now, copy_access(access));
+                }
+            }
+        });
+        if adopted.is_none() {
+            return Err(super::session_ended_error(account));
+        }
+        entry.access = access;
+        Ok(entry)
+    }
+
+    /// Puts an access token the fleet issued into memory, scheduled like one of our own.
+    fn install_access(
+        &self,
+        state: &mut crate::cache::SlotState,
+        now: SystemTime,
+        access: IssuedAccess,
+    ) {
+        let due = schedule::refresh_due(
+            access.received_at,
+            access.expires_at,
+            self.config.ahead_share,
+            rand::random(),
+        );
+        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
+        state.access = Some(access);
+        state.next_attempt_at = None;
+        state.wake_scheduler();
+    }
+
+    /// Waits until the entry's version moves past `version` or `until` passes, polling.
+    async fn wait_for_change(
+        &self,
+        fleet: &VaultStore,
+        account: &str,
+        version: u64,
+        until: SystemTime,
+    ) -> Result<(), StoreError> {
+        loop {
+            if self.clock.now() >= until {
+                return Ok(());
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+            tokio::time::sleep(POLL + jitter).await;
+            if fleet.version(account).await? != Some(version) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes a refresh's result for the fleet before anyone serves it (see the module doc).
+    /// `Ok(None)`: written, serve `refreshed`. `Ok(Some(read))`: another broker's rotation
+    /// won; `read` is the entry to adopt instead.
+    pub(super) async fn fleet_write_back(
+        &self,
+        fleet: &VaultStore,
+        account: &str,
+        claim: &Claim,
+        refreshed: &Refreshed,
+    ) -> Result<Option<Read>, StoreError> {
+        let refresh = refreshed.rotated.as_ref().unwrap_or(&claim.refresh);
+        let entry = Entry {
+            refresh: Some(refresh.duplicate()),
+            access: refreshed.access.as_ref().ok().map(copy_access),
+            lease: None,
+            ended: None,
+            written_by: fleet.id().to_owned(),
+        };
+        let mut version = claim.version;
+        for _ in 0..MAX_ROUNDS {
+            match fleet.write(account, &entry, version).await? {
+                Written::Version(_) => return Ok(None),
+                Written::Conflict => {}
+            }
+            let read = fleet.read(account).await?;
+            let ours = read
+                .entry
+                .as_ref()
+                .is_some_and(|e| e.refresh.as_ref() == Some(&claim.refresh));
+            if !ours {
+                tracing::warn!(
+                    account,
+                    "another broker wrote this account's entry while this refresh ran; using the fleet's entry"
+                );
+                return Ok(Some(read));
+            }
+            // Only the lease moved (it ran out and another broker claimed it): this result
+            // is still the newest the fleet has.
+            version = read.version;
+        }
+        Err(StoreError::Vault {
+            op: crate::store::Op::Save(account.to_owned()),
+            problem: "the entry kept changing while the broker wrote a refresh's result".to_owned(),
+            unavailable: true,
+        })
+    }
+
+    /// Gives the lease back after a failed refresh, so another broker need not wait for it
+    /// to run out (best effort: it runs out anyway).
+    pub(super) async fn fleet_release(&self, fleet: &VaultStore, account: &str, claim: &Claim) {
+        let Ok(read) = fleet.read(account).await else {
+            return;
+        };
+        if read.version != claim.version {
+            return;
+        }
+        let Some(mut entry) = read.entry else { return };
+        entry.lease = None;
+        entry.written_by = fleet.id().to_owned();
+        let _ = fleet.write(account, &entry, claim.version).await;
+    }
+}
+
+fn copy_access(access: &IssuedAccess) -> IssuedAccess {
+    IssuedAccess {
+        token: access.token.duplicate(),
+        expires_at: access.expires_at,
+        received_at: access.received_at,
+    }
+}
