@@ -577,3 +577,22 @@ impl OpenBao {
         .await;
     }
 }
+/// The broker's `[store.vault]` section for `role` on every node of `bao`, below `prefix`,
+/// looking for the other brokers' changes every `poll_seconds` and leasing refreshes for
+/// `lease_seconds`. Goes into `BrokerOptions::extra_config` with `StoreKind::Vault`.
+pub fn store_section(
+    bao: &OpenBao,
+    role: &AppRole,
+    prefix: &str,
+    poll_seconds: u64,
+    lease_seconds: u64,
+) -> String {
+    let addresses: Vec<String> = bao.addresses().iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "\n[store.vault]\naddress = [{}]\nca_file = \"{}\"\nmount = \"{KV_MOUNT}\"\nprefix = \"{prefix}\"\nauth = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"\npoll_seconds = {poll_seconds}\nlease_seconds = {lease_seconds}\nrequest_timeout_seconds = 3\n",
+        addresses.join(", "),
+        bao.ca_pem().display(),
+        role.role_id_file.display(),
+        role.secret_id_file.display(),
+    )
+}

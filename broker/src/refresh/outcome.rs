@@ -253,7 +253,12 @@ impl Refresher {
                 _ => return,
             }
         };
-        match self.store.save(account, &pending).await {
+        let saved = match self.store.fleet() {
+            // A logout elsewhere since the failed write-back wins over this late write.
+            Some(fleet) => fleet.save_unless_ended(account, &pending).await.map(|_| ()),
+            None => self.store.save(account, &pending).await,
+        };
+        match saved {
             Ok(()) => {
                 tracing::info!(account, "the rotated refresh token is now in the store");
                 let mut state = slot.state();

@@ -27,6 +27,17 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use std::time::SystemTime;
 
+/// Check-and-set rounds before a write gives up (each lost round means another broker wrote).
+const MAX_CAS_ROUNDS: usize = 8;
+
+fn busy(op: Op) -> StoreError {
+    StoreError::Vault {
+        op,
+        problem: "the entry kept changing under this broker's writes (other brokers of the fleet were writing it); try again".to_owned(),
+        unavailable: true,
+    }
+}
+
 /// The fleet's store.
 #[derive(Debug)]
 pub struct VaultStore {
@@ -282,10 +293,26 @@ impl VaultStore {
         Ok(Some(meta.data.current_version))
     }
 
+    /// Writes a rotated refresh token that an earlier write-back could not, unless the
+    /// session was ended meanwhile (a logout wins over a late write). Ok(false): ended.
+    pub async fn save_unless_ended(&self, account: &str, token: &RefreshToken) -> Result<bool, StoreError> {
+        for _ in 0..MAX_CAS_ROUNDS {
+            let read = self.read(account).await?;
+            if read.entry.as_ref().is_some_and(|e| e.ended.is_some()) {
+                return Ok(false);
+            }
+            let entry = Entry::session(token.duplicate(), &self.id);
+            if let Written::Version(_) = self.write(account, &entry, read.version).await? {
+                return Ok(true);
+            }
+        }
+        Err(busy(Op::Save(account.to_owned())))
+    }
+
     /// Writes a tombstone over whatever version is there (a logout wins over everything).
     /// Ok(true) when a live session's entry was ended.
     pub async fn end(&self, account: &str, reason: &str) -> Result<bool, StoreError> {
-        loop {
+        for _ in 0..MAX_CAS_ROUNDS {
             let read = self.read(account).await?;
             match read.entry {
                 None => return Ok(false),
@@ -296,6 +323,7 @@ impl VaultStore {
                 return Ok(true);
             }
         }
+        Err(busy(Op::Delete(account.to_owned())))
     }
 
     /// Writes a tombstone only if the entry is still at `version`.
@@ -391,13 +419,14 @@ impl Store for VaultStore {
     /// A login's refresh token replaces whatever the entry held (a new session for the fleet).
     fn save(&self, account: &str, token: &RefreshToken) -> Result<(), StoreError> {
         self.block_on(async {
-            loop {
+            for _ in 0..MAX_CAS_ROUNDS {
                 let read = self.read(account).await?;
                 let entry = Entry::session(token.duplicate(), &self.id);
                 if let Written::Version(_) = self.write(account, &entry, read.version).await? {
                     return Ok(());
                 }
             }
+            Err(busy(Op::Save(account.to_owned())))
         })
     }
 
