@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod keyring;
+pub mod npm_packages;
 pub mod peer;
 pub mod python_venv;
 pub mod systemd_box;
