@@ -17,6 +17,7 @@ const definition = protoLoader.loadSync("therappai/broker/v1/broker.proto", {
   keepCase: true,
   enums: String,
   longs: Number,
+  defaults: true,
 });
 const { Broker } = grpc.loadPackageDefinition(definition).therappai.broker.v1;
 const broker = new Broker(`unix:${socket}`, grpc.credentials.createInsecure());
