@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: how fast a token is, side by side with the bare gRPC floor.
 //!
 //! One run measures, on this machine: the floor (a bare tonic call over a Unix socket) and the
-//! broker's cached GetAccessToken through client-lib (latency and throughput, with ratios),
-//! isolation between accounts, a stampede on a fresh broker, the CLI as a whole process, and
-//! the daemon's memory and CPU. It prints a table and writes the same figures as JSON.
+//! broker's cached GetAccessToken through client-lib (latency and throughput, with ratios), the
+//! cost of the listener's `:authority` normaliser (a raw HTTP/2 client sending `localhost` or
+//! the socket path), isolation between accounts, a stampede on a fresh broker, the CLI as a
+//! whole process, and the daemon's memory and CPU. It prints a table and writes the same figures as JSON.
 //! Timings are medians of repeated runs; ratios are taken within the run.
 
 mod floor;
