@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod keyring;
+pub mod npm_packages;
 pub mod openbao;
 pub mod peer;
 pub mod python_venv;

@@ -83,6 +83,20 @@ pub async fn latency(target: &Target, calls: usize) -> anyhow::Result<Percentile
     Ok(Percentiles::of(&mut samples))
 }
 
+/// Latency percentiles of `calls` sequential calls through the raw HTTP/2 client.
+pub async fn raw_latency(
+    client: &mut crate::raw_client::RawClient,
+    calls: usize,
+) -> anyhow::Result<Percentiles> {
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        client.call().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(Percentiles::of(&mut samples))
+}
+
 /// Calls per second with `callers` concurrent loops over the target's channels for `length`.
 pub async fn throughput(target: &Target, callers: usize, length: Duration) -> anyhow::Result<f64> {
     let stop = Arc::new(AtomicBool::new(false));

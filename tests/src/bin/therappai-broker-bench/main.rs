@@ -1,14 +1,16 @@
 //! `cargo xtask bench`: how fast a token is, side by side with the bare gRPC floor.
 //!
 //! One run measures, on this machine: the floor (a bare tonic call over a Unix socket) and the
-//! broker's cached GetAccessToken through client-lib (latency and throughput, with ratios),
-//! isolation between accounts, a stampede on a fresh broker, the CLI as a whole process, and
-//! the daemon's memory and CPU. It prints a table and writes the same figures as JSON.
+//! broker's cached GetAccessToken through client-lib (latency and throughput, with ratios), the
+//! cost of the listener's `:authority` normaliser (a raw HTTP/2 client sending `localhost` or
+//! the socket path), isolation between accounts, a stampede on a fresh broker, the CLI as a
+//! whole process, and the daemon's memory and CPU. It prints a table and writes the same figures as JSON.
 //! Timings are medians of repeated runs; ratios are taken within the run.
 
 mod floor;
 mod load;
 mod process;
+mod raw_client;
 mod report;
 mod scenarios;
 
@@ -94,6 +96,60 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cached path through the listener's `:authority` normaliser: one raw HTTP/2 client,
+/// sending `localhost` (passes through) or the socket path, as grpcio does (rewritten), each
+/// against the same raw client on the floor. The floor refuses the path (h2's PROTOCOL_ERROR),
+/// which proves the client sends what the normaliser exists for.
+async fn authority_cost(
+    floor_socket: &std::path::Path,
+    socket: &std::path::Path,
+    settings: &Settings,
+) -> anyhow::Result<serde_json::Value> {
+    use raw_client::RawClient;
+    let path = socket.display().to_string();
+    let refused = RawClient::connect(floor_socket, &path, "default")
+        .await?
+        .call()
+        .await;
+    anyhow::ensure!(
+        refused.is_err(),
+        "the bare floor accepted a path as :authority: the raw client does not send what grpcio sends"
+    );
+    eprintln!(
+        "authority normaliser: {} sequential calls × {} runs, raw HTTP/2 client",
+        settings.latency_calls, settings.repeats
+    );
+    let mut floor = RawClient::connect(floor_socket, "localhost", "default").await?;
+    let mut passes = RawClient::connect(socket, "localhost", "default").await?;
+    let mut rewritten = RawClient::connect(socket, &path, "default").await?;
+    let (mut f, mut p, mut r) = (vec![], vec![], vec![]);
+    for _ in 0..settings.repeats {
+        f.push(
+            load::raw_latency(&mut floor, settings.latency_calls)
+                .await?
+                .p50_us,
+        );
+        p.push(
+            load::raw_latency(&mut passes, settings.latency_calls)
+                .await?
+                .p50_us,
+        );
+        r.push(
+            load::raw_latency(&mut rewritten, settings.latency_calls)
+                .await?
+                .p50_us,
+        );
+    }
+    let (f, p, r) = (median(f), median(p), median(r));
+    Ok(serde_json::json!({
+        "floor_p50_us": f,
+        "localhost_p50_us": p,
+        "socket_path_p50_us": r,
+        "ratio_localhost": p / f,
+        "ratio_socket_path": r / f,
+    }))
+}
+
 async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
     let fake = FakeTherappai::start(FakeConfig {
         users: USERS
@@ -148,6 +204,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "ratio_p50": median(b50) / median(f50),
         "ratio_p99": median(b99) / median(f99),
     });
+    let authority = authority_cost(&floor_socket, &socket, settings).await?;
 
     let mut rows = Vec::new();
     let mut cpu = serde_json::Value::Null;
@@ -205,6 +262,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "mode": if settings.smoke { "smoke" } else { "full" },
         "repeats": settings.repeats,
         "latency": latency,
+        "authority": authority,
         "throughput": rows,
         "isolation": isolation,
         "stampede": stampede,

@@ -36,6 +36,21 @@ pub fn print_table(r: &Value) {
         f(&l["broker"]["p99_us"]),
         f(&l["ratio_p99"])
     );
+    let a = &r["authority"];
+    println!(
+        "{:<44} {:>9.1} µs {:>9.1} µs {:>7.2}×",
+        "p50, raw HTTP/2 client, :authority localhost",
+        f(&a["floor_p50_us"]),
+        f(&a["localhost_p50_us"]),
+        f(&a["ratio_localhost"])
+    );
+    println!(
+        "{:<44} {:>9.1} µs {:>9.1} µs {:>7.2}×",
+        "p50, same, :authority = socket path (rewritten)",
+        f(&a["floor_p50_us"]),
+        f(&a["socket_path_p50_us"]),
+        f(&a["ratio_socket_path"])
+    );
     for row in r["throughput"].as_array().into_iter().flatten() {
         println!(
             "{:<44} {:>10.0}/s {:>10.0}/s {:>7.2}×",
