@@ -24,6 +24,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("gnome-keyring", "gnome-keyring-daemon"),
     ("libsecret-tools", "secret-tool"),
     ("keyutils", "keyctl"),
+    // The Node.js stock client and example (usually there already: Node 20).
+    ("nodejs", "node"),
+    ("npm", "npm"),
 ];
 
 fn main() -> ExitCode {

@@ -90,7 +90,14 @@ pub(super) struct VaultClient {
     /// forwards the request to the active node instead of answering with an older version.
     /// Without it a broker could read, and present, a refresh token the fleet already rotated.
     index: std::sync::Mutex<Option<String>>,
+    /// When the broker last asked which node is active (`None`: ask before the next call).
+    active_checked: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How often the broker re-asks which node is active. OpenBao 2.7's standbys answer reads
+/// from their own copy, which may lag behind another broker's write (a rotation, a logout):
+/// the broker talks to the active node whenever one answers.
+const ACTIVE_RECHECK: Duration = Duration::from_secs(5);
 
 impl VaultClient {
     pub fn new(config: VaultConfig) -> Result<Self, StoreError> {
@@ -131,6 +138,7 @@ impl VaultClient {
             current: AtomicUsize::new(0),
             token: tokio::sync::Mutex::new(None),
             index: std::sync::Mutex::new(None),
+            active_checked: std::sync::Mutex::new(None),
         })
     }
 
@@ -266,6 +274,7 @@ impl VaultClient {
         token: Option<&VaultCredential>,
     ) -> Result<Answer, StoreError> {
         let addresses = &self.config.addresses;
+        self.prefer_active().await;
         let first = self.current.load(Ordering::Relaxed);
         let mut problems = Vec::new();
         for i in 0..addresses.len() {
@@ -305,11 +314,16 @@ impl VaultClient {
                     problems.push(format!("{address} has no active leader ({errors})"));
                 }
                 None => {
+                    if index != first {
+                        // Moved off a failing node: find the active one again next time.
+                        *self.active_checked.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    }
                     self.current.store(index, Ordering::Relaxed);
                     return Ok(answer);
                 }
             }
         }
+        *self.active_checked.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Err(StoreError::Vault {
             op: op.clone(),
             problem: format!(
@@ -322,6 +336,40 @@ impl VaultClient {
 }
 
 impl VaultClient {
+    /// Points `current` at the node whose `/v1/sys/health` answers 200 (the active node;
+    /// standbys answer 429, sealed nodes 503), at most every [`ACTIVE_RECHECK`]. With one
+    /// address (a load balancer) there is nothing to choose.
+    async fn prefer_active(&self) {
+        let addresses = &self.config.addresses;
+        if addresses.len() < 2 {
+            return;
+        }
+        {
+            let mut checked = self.active_checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.is_some_and(|at| at.elapsed() < ACTIVE_RECHECK) {
+                return;
+            }
+            *checked = Some(Instant::now());
+        }
+        let first = self.current.load(Ordering::Relaxed);
+        for i in 0..addresses.len() {
+            let index = (first + i) % addresses.len();
+            let health = self
+                .http
+                .get(format!("{}/v1/sys/health", addresses[index]))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status() == StatusCode::OK) {
+                if index != first {
+                    tracing::info!(node = %addresses[index], "talking to OpenBao's active node");
+                }
+                self.current.store(index, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
     fn last_index(&self) -> Option<String> {
         self.index.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
