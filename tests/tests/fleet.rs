@@ -288,7 +288,10 @@ async fn a_holder_killed_mid_refresh_is_taken_over_once_its_lease_runs_out() {
         .await
         .expect("broker B takes over the dead holder's refresh");
     let waited = started.elapsed();
-    assert!(fake.issued_tokens().contains(&token.expose_secret().to_owned()));
+    assert!(
+        fake.issued_tokens()
+            .contains(&token.expose_secret().to_owned())
+    );
     assert_eq!(
         fake.counters().refresh_calls,
         before + 2,
@@ -309,13 +312,17 @@ async fn a_holder_killed_after_therappai_rotated_costs_the_session_once_and_neve
     fake.knobs().set_access_lifetime(Duration::from_secs(300));
     // therappai rotates (and blacklists the old token) at once but answers late: the holder
     // dies holding the only copy of the new refresh token. Nobody can recover that session.
-    fake.knobs().set_refresh_reply_delay(Duration::from_secs(30));
+    fake.knobs()
+        .set_refresh_reply_delay(Duration::from_secs(30));
     let before = fake.counters();
     let mut holder = brokers[0].client().await;
     let stuck = tokio::spawn(async move { holder.access_token("default").await });
     let deadline = Instant::now() + Duration::from_secs(10);
     while fake.counters().refresh_ok == before.refresh_ok {
-        assert!(Instant::now() < deadline, "the holder's refresh never reached therappai");
+        assert!(
+            Instant::now() < deadline,
+            "the holder's refresh never reached therappai"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     brokers[0].kill();
@@ -328,13 +335,23 @@ async fn a_holder_killed_after_therappai_rotated_costs_the_session_once_and_neve
         .await
         .expect_err("the blacklisted token cannot be refreshed");
     assert!(matches!(err, ClientError::NotLoggedIn { .. }), "{err}");
-    assert!(err.to_string().contains("log"), "the error says to log in: {err}");
+    assert!(
+        err.to_string().contains("log"),
+        "the error says to log in: {err}"
+    );
     // Asking again makes no upstream call: the session is marked ended for the fleet.
     let calls = fake.counters().refresh_calls;
     for _ in 0..5 {
-        client.access_token("default").await.expect_err("still ended");
+        client
+            .access_token("default")
+            .await
+            .expect_err("still ended");
     }
-    assert_eq!(fake.counters().refresh_calls, calls, "no loop on a dead token");
+    assert_eq!(
+        fake.counters().refresh_calls,
+        calls,
+        "no loop on a dead token"
+    );
     assert_eq!(
         fake.counters().refresh_rejected - before.refresh_rejected,
         1,
@@ -366,9 +383,14 @@ async fn the_raft_leader_killed_during_a_stampede_loses_no_rotated_token() {
                 loop {
                     match client.access_token("default").await {
                         Ok(token) => {
-                            return Ok((token.expose_secret().to_owned(), token.fingerprint().to_owned()));
+                            return Ok((
+                                token.expose_secret().to_owned(),
+                                token.fingerprint().to_owned(),
+                            ));
                         }
-                        Err(err) if Instant::now() < deadline && err.to_string().contains("OpenBao") => {
+                        Err(err)
+                            if Instant::now() < deadline && err.to_string().contains("OpenBao") =>
+                        {
                             tokio::time::sleep(Duration::from_millis(300)).await;
                         }
                         Err(err) => return Err(err.to_string()),
@@ -380,17 +402,33 @@ async fn the_raft_leader_killed_during_a_stampede_loses_no_rotated_token() {
     refresh_calls_reach(&fake, before.refresh_calls + 1, Duration::from_secs(10)).await;
     let leader = bao.leader().await.expect("a leader");
     bao.kill(leader);
-    let new_leader = bao.wait_for_new_leader(leader, Duration::from_secs(30)).await;
+    let new_leader = bao
+        .wait_for_new_leader(leader, Duration::from_secs(30))
+        .await;
     assert_ne!(new_leader, leader);
 
     let mut tokens = Vec::new();
     while let Some(result) = calls.join_next().await {
-        tokens.push(result.expect("task").expect("every caller is served in the end"));
+        tokens.push(
+            result
+                .expect("task")
+                .expect("every caller is served in the end"),
+        );
     }
-    assert!(tokens.iter().all(|t| *t == tokens[0]), "one token for the fleet");
+    assert!(
+        tokens.iter().all(|t| *t == tokens[0]),
+        "one token for the fleet"
+    );
     let after = fake.counters();
-    assert_eq!(after.refresh_rejected, before.refresh_rejected, "no rotated token was lost");
-    assert_eq!(after.refresh_ok - before.refresh_ok, 1, "one refresh for the fleet");
+    assert_eq!(
+        after.refresh_rejected, before.refresh_rejected,
+        "no rotated token was lost"
+    );
+    assert_eq!(
+        after.refresh_ok - before.refresh_ok,
+        1,
+        "one refresh for the fleet"
+    );
     // The rotated token reached the new leader: once the access token expires, the next
     // refresh succeeds.
     fake.knobs().set_refresh_delay(Duration::ZERO);

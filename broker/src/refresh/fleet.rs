@@ -72,7 +72,10 @@ impl Refresher {
             source,
         };
         for _ in 0..MAX_ROUNDS {
-            let read = self.read_riding_out_elections(fleet, account).await.map_err(store_error)?;
+            let read = self
+                .read_riding_out_elections(fleet, account)
+                .await
+                .map_err(store_error)?;
             let version = read.version;
             let entry = self.adopt(slot, epoch, read)?;
             let now = self.clock.now();

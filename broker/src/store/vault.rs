@@ -295,7 +295,11 @@ impl VaultStore {
 
     /// Writes a rotated refresh token that an earlier write-back could not, unless the
     /// session was ended meanwhile (a logout wins over a late write). Ok(false): ended.
-    pub async fn save_unless_ended(&self, account: &str, token: &RefreshToken) -> Result<bool, StoreError> {
+    pub async fn save_unless_ended(
+        &self,
+        account: &str,
+        token: &RefreshToken,
+    ) -> Result<bool, StoreError> {
         for _ in 0..MAX_CAS_ROUNDS {
             let read = self.read(account).await?;
             if read.entry.as_ref().is_some_and(|e| e.ended.is_some()) {

@@ -316,14 +316,20 @@ impl VaultClient {
                 None => {
                     if index != first {
                         // Moved off a failing node: find the active one again next time.
-                        *self.active_checked.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        *self
+                            .active_checked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = None;
                     }
                     self.current.store(index, Ordering::Relaxed);
                     return Ok(answer);
                 }
             }
         }
-        *self.active_checked.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .active_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         Err(StoreError::Vault {
             op: op.clone(),
             problem: format!(
@@ -345,7 +351,10 @@ impl VaultClient {
             return;
         }
         {
-            let mut checked = self.active_checked.lock().unwrap_or_else(|p| p.into_inner());
+            let mut checked = self
+                .active_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if checked.is_some_and(|at| at.elapsed() < ACTIVE_RECHECK) {
                 return;
             }

@@ -7,6 +7,7 @@
 //! whole process, and the daemon's memory and CPU. It prints a table and writes the same figures as JSON.
 //! Timings are medians of repeated runs; ratios are taken within the run.
 
+mod fleet;
 mod floor;
 mod load;
 mod process;
@@ -256,6 +257,9 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         settings.stampede_callers, settings.repeats
     );
     let stampede = scenarios::stampede(&mut broker, &fake, settings).await?;
+    let sizes: &[usize] = if settings.smoke { &[1, 3] } else { &[1, 3, 10] };
+    eprintln!("fleet: {sizes:?} brokers sharing one account through OpenBao");
+    let fleet = fleet::fleet(settings, sizes).await?;
 
     Ok(serde_json::json!({
         "machine": process::machine(),
@@ -266,6 +270,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "throughput": rows,
         "isolation": isolation,
         "stampede": stampede,
+        "fleet": fleet,
         "cli": cli,
         "memory": {
             "idle_rss_kib": idle_rss_kib,

@@ -89,6 +89,24 @@ pub fn print_table(r: &Value) {
         f(&s["lone_caller_ms"]),
         f(&s["p99_ms"]) - f(&s["lone_caller_ms"])
     );
+    let fl = &r["fleet"];
+    for row in fl["rows"].as_array().into_iter().flatten() {
+        println!(
+            "fleet of {:>2} broker(s) on one account (OpenBao, {} s tokens): {:>4} upstream refreshes in {} s = {:>6.0}/hour, {:.2}× the fleet of one; failed calls {}",
+            row["brokers"],
+            fl["access_lifetime_s"],
+            row["refreshes"],
+            fl["window_s"],
+            f(&row["refreshes_per_hour"]),
+            f(&row["ratio_to_one_broker"]),
+            row["failed_calls"]
+        );
+    }
+    println!(
+        "cached GetAccessToken p50 with the vault store {:.1} µs (this run's keyutils broker: {:.1} µs)",
+        f(&fl["cached_p50_us_vault"]),
+        f(&r["latency"]["broker"]["p50_us"])
+    );
     let c = &r["cli"];
     println!(
         "CLI: `therappai-brokerctl token` median {:.2} ms over {} runs (starting `true` costs {:.2} ms here)",
