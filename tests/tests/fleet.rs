@@ -65,7 +65,7 @@ async fn served_eventually(broker: &Broker, timeout: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_brokers_share_one_login_and_three_hundred_callers_cause_one_refresh() {
-    let bao = OpenBao::dev().await;
+    let bao = OpenBao::cluster(3).await;
     let fake = rotating_fake().await;
     let (brokers, _role, _prefix) = fleet(&bao, &fake, 3).await;
     // One login for the whole fleet.
@@ -112,7 +112,7 @@ async fn three_brokers_share_one_login_and_three_hundred_callers_cause_one_refre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_on_one_broker_reaches_the_others_and_their_watchers() {
-    let bao = OpenBao::dev().await;
+    let bao = OpenBao::cluster(3).await;
     let fake = rotating_fake().await;
     let (brokers, _role, _prefix) = fleet(&bao, &fake, 3).await;
     brokers[0].login("default", PASSWORD).await;
@@ -205,25 +205,34 @@ async fn a_policy_that_forbids_the_prefix_is_a_start_error_naming_path_and_capab
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_openbao_keeps_cached_tokens_served_then_says_unavailable() {
-    let mut bao = OpenBao::dev().await;
+async fn a_sealed_openbao_keeps_cached_tokens_served_then_says_unavailable_and_loses_nothing() {
+    let mut bao = OpenBao::cluster(3).await;
     let fake = rotating_fake().await;
-    let (brokers, _role, _prefix) = fleet(&bao, &fake, 1).await;
+    let (brokers, _role, _prefix) = fleet(&bao, &fake, 3).await;
     brokers[0].login("default", PASSWORD).await;
-    fake.knobs().set_access_lifetime(Duration::from_secs(4));
+    // Long enough to outlast sealing the cluster (a standby is sealed by a restart).
+    fake.knobs().set_access_lifetime(Duration::from_secs(12));
     let token = brokers[0].token("default").await;
+    for broker in &brokers[1..] {
+        assert_eq!(
+            served_eventually(broker, Duration::from_secs(10)).await,
+            token
+        );
+    }
     let refreshes = fake.counters().refresh_calls;
 
-    bao.kill(0);
-    assert_eq!(
-        brokers[0].token("default").await,
-        token,
-        "the cached token is still served with OpenBao gone"
-    );
+    bao.seal_all().await;
+    for broker in &brokers {
+        assert_eq!(
+            broker.token("default").await,
+            token,
+            "the cached token is still served with OpenBao sealed"
+        );
+    }
     // Once it expires, the fleet cannot refresh (it would need the entry): a clear error.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let err = loop {
-        let mut client = brokers[0].client().await;
+        let mut client = brokers[1].client().await;
         match client.access_token("default").await {
             Ok(_) => {
                 assert!(Instant::now() < deadline, "still served after its expiry");
@@ -234,13 +243,41 @@ async fn an_unreachable_openbao_keeps_cached_tokens_served_then_says_unavailable
     };
     let text = err.to_string();
     assert!(
-        text.contains("OpenBao") && text.contains("no OpenBao node answered"),
-        "the error says OpenBao is down: {text}"
+        text.contains("no OpenBao node answered") && text.contains("sealed"),
+        "the error says OpenBao is sealed: {text}"
     );
     assert_eq!(
         fake.counters().refresh_calls,
         refreshes,
-        "no refresh without the fleet's entry"
+        "no refresh without the entry"
+    );
+
+    // Nothing was deleted: unsealed, the fleet refreshes with the stored token.
+    for node in 0..3 {
+        bao.unseal(node).await;
+    }
+    let fresh = served_eventually(&brokers[2], Duration::from_secs(30)).await;
+    assert_ne!(fresh, token, "a new token after the old one expired");
+    assert_eq!(fake.counters().refresh_rejected, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_openbao_is_unavailable_with_the_address_named() {
+    let mut bao = OpenBao::dev().await;
+    let fake = rotating_fake().await;
+    let (brokers, _role, _prefix) = fleet(&bao, &fake, 1).await;
+    brokers[0].login("default", PASSWORD).await;
+    bao.kill(0);
+    // The login's access token is already expired: the request needs the entry.
+    let mut client = brokers[0].client().await;
+    let err = client
+        .access_token("default")
+        .await
+        .expect_err("no entry, no refresh");
+    let text = err.to_string();
+    assert!(
+        text.contains("no OpenBao node answered") && text.contains(&bao.address()),
+        "the error names the node that did not answer: {text}"
     );
 }
 
@@ -259,7 +296,7 @@ async fn refresh_calls_reach(fake: &FakeTherappai, n: u64, timeout: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_mid_refresh_is_taken_over_once_its_lease_runs_out() {
-    let bao = OpenBao::dev().await;
+    let bao = OpenBao::cluster(3).await;
     // Without rotation the refresh token the holder took to therappai stays good, so the
     // takeover must end in a served token, whatever therappai did with the dead call.
     let fake = FakeTherappai::start(fake_therappai::FakeConfig {
@@ -305,7 +342,7 @@ async fn a_holder_killed_mid_refresh_is_taken_over_once_its_lease_runs_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_killed_after_therappai_rotated_costs_the_session_once_and_never_loops() {
-    let bao = OpenBao::dev().await;
+    let bao = OpenBao::cluster(3).await;
     let fake = rotating_fake().await;
     let (mut brokers, _role, _prefix) = fleet(&bao, &fake, 2).await;
     brokers[0].login("default", PASSWORD).await;
