@@ -476,3 +476,44 @@ async fn the_raft_leader_killed_during_a_stampede_loses_no_rotated_token() {
         .expect("a refresh on the new leader succeeds with the rotated token");
     assert_eq!(fake.counters().refresh_rejected, before.refresh_rejected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openbao_token_is_renewed_and_replaced_by_a_new_login_past_its_max_ttl() {
+    let bao = OpenBao::dev().await;
+    let fake = rotating_fake().await;
+    let prefix = format!("therappai-broker/{}", unique_name("renew"));
+    let mut spec = RoleSpec::new(&prefix);
+    spec.token_ttl = Duration::from_secs(3);
+    spec.token_max_ttl = Duration::from_secs(6);
+    let role = bao.approle(&spec).await;
+    let mut options = BrokerOptions::new(StoreKind::Vault, EMAIL);
+    options.extra_config = store_section(&bao, &role, &prefix, POLL_SECONDS, LEASE_SECONDS);
+    let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
+    broker.login("default", PASSWORD).await;
+    // The watcher talks to OpenBao every second: the token is renewed at two thirds of its
+    // TTL, and once renewal can no longer extend it past max_ttl, the broker logs in again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&broker.log_path).expect("log");
+        let logins = log.matches("logged in to OpenBao with AppRole").count();
+        if logins >= 2 && log.contains("renewed the OpenBao token") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal and second login within 30 s ({logins} logins)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Still working after its first token died: a token, and a logout that reaches OpenBao.
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    broker.token("default").await;
+    let out = broker.ctl(&["logout", "--account", "default"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let stored = bao.read_kv(&format!("{prefix}/default")).await;
+    let data = &stored.body["data"]["data"];
+    assert!(
+        data["ended_by"].is_string() && data["refresh_token"].is_null(),
+        "OpenBao holds the logout record and no token"
+    );
+}
