@@ -27,6 +27,9 @@ pub struct Config {
     pub refresh: RefreshConfig,
     /// Bound on finishing in-flight calls after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Bound, after the grace, on finishing refresh cycles, session ends and the last store
+    /// write (the drain runs whatever the connections do).
+    pub shutdown_drain: Duration,
     /// Failed-login limits (`[login_limits]`).
     pub login_limits: LoginLimits,
 }
@@ -157,6 +160,7 @@ struct RawConfig {
     #[serde(default)]
     refresh: RawRefresh,
     shutdown_grace_seconds: Option<u64>,
+    shutdown_drain_seconds: Option<u64>,
     #[serde(default)]
     allow: Vec<RawAllow>,
     admin: Option<RawAdmin>,
@@ -383,6 +387,14 @@ impl Config {
         };
 
         let refresh = raw.refresh.validate().map_err(invalid)?;
+        let shutdown_drain = match raw.shutdown_drain_seconds.unwrap_or(10) {
+            s @ 1..=120 => Duration::from_secs(s),
+            s => {
+                return Err(invalid(format!(
+                    "shutdown_drain_seconds must be between 1 and 120, got {s}"
+                )));
+            }
+        };
 
         Ok(Config {
             socket,
@@ -393,6 +405,7 @@ impl Config {
             upstream,
             accounts,
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(5)),
+            shutdown_drain,
             login_limits,
         })
     }

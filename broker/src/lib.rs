@@ -233,7 +233,7 @@ impl Daemon {
                 shutdown.child_token(),
             ));
         }
-        let service_refresher = Arc::clone(&service.refresher);
+        let refresher = Arc::clone(&service.refresher);
         let cache = Arc::clone(&service.cache);
         let incoming =
             metrics::count_connections(listener::incoming(listener), Arc::clone(&service.metrics));
@@ -250,37 +250,42 @@ impl Daemon {
                 streams_stop.cancel();
             });
         tokio::pin!(server);
-        let refresher = Arc::clone(&service_refresher);
+        // The server is bounded by the grace on its own: a connection that never speaks
+        // HTTP/2 (or a call that never ends) holds its graceful shutdown open for ever.
         let result = tokio::select! {
-            result = async {
-                let result = (&mut server).await;
-                // A refresh cycle in flight finishes (and stores a rotated token) first, within
-                // the grace (also when the server ended on its own, before any signal).
-                // And a rotated token that only memory holds (a failed store write) gets one
-                // last try, or it is lost with the process.
-                let drained = tokio::time::timeout(config.shutdown_grace, async {
-                    refresher.finish_cycles().await;
-                    for slot in cache.slots() {
-                        refresher.retry_store_write(slot).await;
-                    }
-                })
-                .await;
-                if drained.is_err() {
-                    tracing::warn!(grace = ?config.shutdown_grace, "a refresh cycle did not finish within the grace period; stopping anyway");
-                }
-                result
-            } => result,
+            result = &mut server => result,
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(config.shutdown_grace).await;
             } => {
-                tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls did not finish within the grace period; stopping anyway");
+                tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls or open connections did not finish within the grace period; closing them");
                 Ok(())
             }
         };
+        // Whatever way serving ended, the drain runs, with a budget of its own: a refresh
+        // cycle in flight finishes (and stores a rotated token), and a rotated token that only
+        // memory holds (a failed store write) gets one last try, or it is lost with the process.
+        drain(&refresher, &cache, config.shutdown_drain).await;
         listener::remove_socket(&socket, origin);
         tracing::info!("stopped");
         result
+    }
+}
+
+/// The work that must outlive serving, bounded by `budget`: refresh cycles in flight, and
+/// the last store write of a rotated token that only memory holds.
+async fn drain(refresher: &Refresher, cache: &Cache, budget: std::time::Duration) {
+    let drained = tokio::time::timeout(budget, async {
+        refresher.finish_cycles().await;
+        for slot in cache.slots() {
+            refresher.retry_store_write(slot).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(budget = ?budget, "a refresh cycle or store write did not finish within shutdown_drain_seconds; stopping anyway (a rotated token still in flight may be lost)");
+    } else {
+        tracing::debug!("drained: no refresh cycle or store write left");
     }
 }
 
