@@ -32,6 +32,28 @@ pub struct Config {
     pub shutdown_drain: Duration,
     /// Failed-login limits (`[login_limits]`).
     pub login_limits: LoginLimits,
+    /// Per-uid and per-connection limits on the socket (`[connection_limits]`).
+    pub connection_limits: ConnectionLimits,
+}
+
+/// What one uid may hold open on the socket (`[connection_limits]`; see `admission.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub connections_per_uid: usize,
+    pub calls_per_uid: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            connections_per_uid: 64,
+            calls_per_uid: 128,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Ownership and modes of the socket and its directory.
@@ -166,6 +188,57 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     login_limits: RawLoginLimits,
+    #[serde(default)]
+    connection_limits: RawConnectionLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConnectionLimits {
+    connections_per_uid: Option<usize>,
+    calls_per_uid: Option<usize>,
+    handshake_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+}
+
+impl RawConnectionLimits {
+    fn validate(self) -> Result<ConnectionLimits, String> {
+        let d = ConnectionLimits::default();
+        let count = |value: Option<usize>, default: usize, key: &str| match value {
+            None => Ok(default),
+            Some(n) if (1..=100_000).contains(&n) => Ok(n),
+            Some(n) => Err(format!(
+                "[connection_limits] {key} must be between 1 and 100000, got {n}"
+            )),
+        };
+        let seconds = |value: Option<u64>, default: Duration, max: u64, key: &str| match value {
+            None => Ok(default),
+            Some(s) if (1..=max).contains(&s) => Ok(Duration::from_secs(s)),
+            Some(s) => Err(format!(
+                "[connection_limits] {key} must be between 1 and {max} seconds, got {s}"
+            )),
+        };
+        Ok(ConnectionLimits {
+            connections_per_uid: count(
+                self.connections_per_uid,
+                d.connections_per_uid,
+                "connections_per_uid",
+            )?,
+            calls_per_uid: count(self.calls_per_uid, d.calls_per_uid, "calls_per_uid")?,
+            handshake_timeout: seconds(
+                self.handshake_timeout_seconds,
+                d.handshake_timeout,
+                300,
+                "handshake_timeout_seconds",
+            )?,
+            idle_timeout: seconds(
+                self.idle_timeout_seconds,
+                d.idle_timeout,
+                86_400,
+                "idle_timeout_seconds",
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -352,6 +425,7 @@ impl Config {
         let socket_access =
             validate_socket_access(raw.socket_group, raw.socket_mode).map_err(invalid)?;
         let login_limits = validate_login_limits(raw.login_limits).map_err(invalid)?;
+        let connection_limits = raw.connection_limits.validate().map_err(invalid)?;
 
         let mut accounts: Vec<AccountConfig> = Vec::new();
         for account in raw.accounts {
@@ -407,6 +481,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(5)),
             shutdown_drain,
             login_limits,
+            connection_limits,
         })
     }
 

@@ -2,7 +2,7 @@
 //! and serves short-lived access tokens to allowed local programs over gRPC on a Unix socket.
 //!
 //! Modules in the order a request travels:
-//! [`listener`] → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
+//! [`listener`] (with [`admission`]) → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
 //! [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke, restore, status),
 //! [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`] and [`reload`]),
 //! [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`], [`notify`] (systemd readiness,
@@ -11,6 +11,7 @@
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
 
+pub mod admission;
 pub mod audit;
 pub mod authority;
 pub mod cache;
@@ -235,15 +236,30 @@ impl Daemon {
         }
         let refresher = Arc::clone(&service.refresher);
         let cache = Arc::clone(&service.cache);
-        let incoming =
-            metrics::count_connections(listener::incoming(listener), Arc::clone(&service.metrics));
+        let admission = admission::Admission::new(config.connection_limits.clone());
+        let incoming = metrics::count_connections(
+            listener::incoming(listener, admission),
+            Arc::clone(&service.metrics),
+        );
         let stop = shutdown.clone();
         // STOPPING=1 and the end of the session streams happen inside the server's own
         // shutdown future, so they are done before serving can return (a spawned task could
         // still be waiting for a worker when the process exits, and systemd would never hear).
+        // Admission control (see `admission.rs`): what one caller can make the broker hold.
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(admission::MAX_STREAMS_PER_CONNECTION))
+            .initial_stream_window_size(Some(admission::STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(admission::CONNECTION_WINDOW_BYTES))
+            .http2_max_header_list_size(admission::MAX_HEADER_LIST_BYTES)
+            .http2_keepalive_interval(Some(admission::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(admission::KEEPALIVE_TIMEOUT))
+            .layer(admission::AdmissionLayer)
             .add_routes(conventions)
-            .add_service(BrokerServer::new(service))
+            .add_service(
+                BrokerServer::new(service)
+                    .max_decoding_message_size(admission::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(admission::MAX_RESPONSE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 stop.cancelled().await;
                 notify::stopping();

@@ -1,0 +1,339 @@
+//! Admission control: what a process that can open the socket can make the broker hold before
+//! the policy has even run.
+//!
+//! - **Per uid**: at most `connections_per_uid` open connections (checked at accept, from the
+//!   SO_PEERCRED uid) and `calls_per_uid` calls in flight (a streaming call counts until its
+//!   stream ends). Beyond either, the connection is closed at once or the call answered
+//!   RESOURCE_EXHAUSTED, and other uids are served as before.
+//! - **Per connection**: the HTTP/2 client preface must arrive within `handshake_timeout`, and a
+//!   connection with no call in flight for `idle_timeout` is closed (clients reconnect on their
+//!   next call). Both are enforced by [`ConnectionTicket::expired`], polled from the
+//!   connection's reads (see `peer.rs`).
+//! - **Per message**: a request message over [`MAX_MESSAGE_BYTES`] is refused with
+//!   RESOURCE_EXHAUSTED as soon as its length prefix arrives, before it is buffered.
+//!
+//! The HTTP/2 settings that bound a connection (streams, windows, keep-alive) are constants
+//! here, applied where the server is built (`lib.rs`). Never logs a request body.
+
+mod body;
+
+pub use body::AdmissionLayer;
+
+use crate::config::ConnectionLimits;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The largest request message accepted (gRPC length prefix). The largest legitimate request is
+/// `ReportRejected`, which carries one access token (a JWT: under 2 KiB from therappai, under
+/// 16 KiB even with many claims), or a `Login` (an account name of at most 64 bytes and a
+/// password); 64 KiB leaves room for both and is 1/64 of tonic's default.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The largest response message the broker sends (a `Status` or `GetMetrics` text for many
+/// accounts is a few KiB): bounds what a bug could make the broker buffer.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Concurrent streams (calls) per HTTP/2 connection. A client multiplexes its calls on one
+/// connection; 32 covers a busy app with a few WatchSession streams.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
+/// HTTP/2 flow-control windows: what a client can make the broker buffer before it reads.
+/// The stream window holds one largest message; the connection window a few.
+pub const STREAM_WINDOW_BYTES: u32 = 128 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
+
+/// Request headers per call (hyper's default too, stated here so it is reviewed).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// HTTP/2 keep-alive: a ping after this long without frames, and the connection is closed
+/// when the ping is not answered within [`KEEPALIVE_TIMEOUT`] (a stopped or wedged client).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The HTTP/2 client preface (RFC 9113, 3.4): what a connection must send first.
+pub(crate) const CLIENT_PREFACE_LEN: u64 = 24;
+
+/// After one logged refusal for a uid, the next is logged no sooner than this (with the count
+/// of those in between), so a flooding peer cannot flood the log.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What one uid holds open right now. Only uids with something open have an entry, so the
+/// map is bounded by the open connections.
+#[derive(Debug, Default)]
+struct UidLoad {
+    connections: usize,
+    calls: usize,
+    /// Refusals not logged yet, and when the last one was.
+    unlogged_refusals: u64,
+    last_logged: Option<Instant>,
+}
+
+/// The per-uid bookkeeping, shared by the listener (connections) and the server (calls).
+#[derive(Debug)]
+pub struct Admission {
+    limits: ConnectionLimits,
+    uids: Mutex<HashMap<u32, UidLoad>>,
+}
+
+/// Which limit refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Connections,
+    Calls,
+}
+
+impl Admission {
+    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            uids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+
+    fn uids(&self) -> MutexGuard<'_, HashMap<u32, UidLoad>> {
+        self.uids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A ticket for a new connection of `uid`, or `None` when the uid already has
+    /// `connections_per_uid` open (the caller closes the connection).
+    pub fn admit_connection(self: &Arc<Self>, uid: u32) -> Option<Arc<ConnectionTicket>> {
+        let mut uids = self.uids();
+        let load = uids.entry(uid).or_default();
+        if load.connections >= self.limits.connections_per_uid {
+            self.refused(uid, load, Refused::Connections);
+            return None;
+        }
+        load.connections += 1;
+        let now = Instant::now();
+        Some(Arc::new(ConnectionTicket {
+            admission: Arc::clone(self),
+            uid,
+            accepted_at: now,
+            calls: AtomicUsize::new(0),
+            idle_since: Mutex::new(now),
+        }))
+    }
+
+    /// Logs a refusal, at most once per [`REFUSAL_LOG_INTERVAL`] per uid, with the count of
+    /// the ones left out.
+    fn refused(&self, uid: u32, load: &mut UidLoad, what: Refused) {
+        load.unlogged_refusals += 1;
+        let now = Instant::now();
+        if load
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        let refused = std::mem::take(&mut load.unlogged_refusals);
+        load.last_logged = Some(now);
+        match what {
+            Refused::Connections => tracing::warn!(
+                uid,
+                limit = self.limits.connections_per_uid,
+                refused,
+                "refused connections: this uid already has as many open as [connection_limits] connections_per_uid allows; a client that leaks connections, or a flood"
+            ),
+            Refused::Calls => tracing::warn!(
+                uid,
+                limit = self.limits.calls_per_uid,
+                refused,
+                "refused calls: this uid already has as many in flight as [connection_limits] calls_per_uid allows"
+            ),
+        }
+    }
+
+    /// The message a refused call gets.
+    fn calls_refused_message(&self, uid: u32) -> String {
+        format!(
+            "the broker is already serving {} calls for uid {uid}, its limit ([connection_limits] calls_per_uid); wait for some to finish, or ask the admin to raise the limit",
+            self.limits.calls_per_uid
+        )
+    }
+}
+
+/// One admitted connection; while it lives the uid's connection count includes it.
+#[derive(Debug)]
+pub struct ConnectionTicket {
+    admission: Arc<Admission>,
+    uid: u32,
+    accepted_at: Instant,
+    /// Calls of this connection in flight.
+    calls: AtomicUsize,
+    /// When the last call of this connection ended (or it was accepted).
+    idle_since: Mutex<Instant>,
+}
+
+/// Why a connection is closed by the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The HTTP/2 preface did not arrive within the handshake timeout.
+    Handshake,
+    /// No call in flight for the idle timeout.
+    Idle,
+}
+
+impl ConnectionTicket {
+    /// When this connection is next due for a check, and whether it has expired now.
+    /// `preface_read` is how many bytes the client has sent so far.
+    pub fn expired(&self, preface_read: u64, now: Instant) -> Result<Instant, Expiry> {
+        let limits = &self.admission.limits;
+        if preface_read < CLIENT_PREFACE_LEN {
+            let due = self.accepted_at + limits.handshake_timeout;
+            return if now >= due {
+                Err(Expiry::Handshake)
+            } else {
+                Ok(due)
+            };
+        }
+        if self.calls.load(Ordering::Acquire) > 0 {
+            // Busy: look again one idle period from now (a call's end does not wake reads).
+            return Ok(now + limits.idle_timeout);
+        }
+        let due = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            + limits.idle_timeout;
+        if now >= due {
+            Err(Expiry::Idle)
+        } else {
+            Ok(due)
+        }
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.admission.limits
+    }
+
+    /// Counts a new call of this connection, or refuses it (the message says why) when the
+    /// uid has `calls_per_uid` in flight.
+    fn begin_call(self: &Arc<Self>) -> Result<CallTicket, String> {
+        let admission = &self.admission;
+        let mut uids = admission.uids();
+        let load = uids.entry(self.uid).or_default();
+        if load.calls >= admission.limits.calls_per_uid {
+            admission.refused(self.uid, load, Refused::Calls);
+            return Err(admission.calls_refused_message(self.uid));
+        }
+        load.calls += 1;
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        Ok(CallTicket(Arc::clone(self)))
+    }
+}
+
+impl Drop for ConnectionTicket {
+    fn drop(&mut self) {
+        let mut uids = self.admission.uids();
+        if let Some(load) = uids.get_mut(&self.uid) {
+            load.connections = load.connections.saturating_sub(1);
+            if load.connections == 0 && load.calls == 0 {
+                uids.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// One call in flight; counted against its uid and connection until dropped.
+#[derive(Debug)]
+struct CallTicket(Arc<ConnectionTicket>);
+
+impl Drop for CallTicket {
+    fn drop(&mut self) {
+        let connection = &self.0;
+        if connection.calls.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *connection
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        }
+        let mut uids = connection.admission.uids();
+        if let Some(load) = uids.get_mut(&connection.uid) {
+            load.calls = load.calls.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(connections: usize, calls: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            connections_per_uid: connections,
+            calls_per_uid: calls,
+            handshake_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn connections_are_capped_per_uid_and_freed_on_drop() {
+        let admission = Admission::new(limits(2, 10));
+        let a = admission.admit_connection(1000).expect("first");
+        let _b = admission.admit_connection(1000).expect("second");
+        assert!(admission.admit_connection(1000).is_none(), "third refused");
+        assert!(admission.admit_connection(1001).is_some(), "another uid");
+        drop(a);
+        assert!(admission.admit_connection(1000).is_some(), "freed");
+    }
+
+    #[test]
+    fn calls_are_capped_per_uid_across_connections() {
+        let admission = Admission::new(limits(10, 2));
+        let one = admission.admit_connection(7).expect("one");
+        let two = admission.admit_connection(7).expect("two");
+        let c1 = one.begin_call().expect("c1");
+        let _c2 = two.begin_call().expect("c2");
+        let refused = one.begin_call().expect_err("over the cap");
+        assert!(refused.contains("calls_per_uid"), "{refused}");
+        drop(c1);
+        two.begin_call().expect("freed");
+    }
+
+    #[test]
+    fn the_map_forgets_a_uid_with_nothing_open() {
+        let admission = Admission::new(limits(10, 10));
+        let conn = admission.admit_connection(42).expect("conn");
+        let call = conn.begin_call().expect("call");
+        drop(call);
+        drop(conn);
+        assert!(admission.uids().is_empty());
+    }
+
+    #[test]
+    fn handshake_then_idle_deadlines() {
+        let admission = Admission::new(limits(10, 10));
+        let conn = admission.admit_connection(1).expect("conn");
+        let start = conn.accepted_at;
+        let secs = Duration::from_secs;
+        assert_eq!(conn.expired(0, start), Ok(start + secs(2)));
+        assert_eq!(
+            conn.expired(23, start + secs(2)),
+            Err(Expiry::Handshake),
+            "23 of the 24 preface bytes are not a handshake"
+        );
+        // Preface complete, idle since accept: due 5 s after it.
+        assert_eq!(conn.expired(24, start + secs(3)), Ok(start + secs(5)));
+        let call = conn.begin_call().expect("call");
+        assert!(
+            conn.expired(24, start + secs(60)).is_ok(),
+            "a call in flight is not idle"
+        );
+        drop(call);
+        let ended = Instant::now();
+        assert!(conn.expired(24, ended).is_ok(), "idle from the end of the call");
+        assert_eq!(conn.expired(24, ended + secs(6)), Err(Expiry::Idle));
+    }
+}

@@ -1,0 +1,143 @@
+//! Admission control on the socket, from outside (issue 11, defect 3): an oversized request
+//! message is refused with RESOURCE_EXHAUSTED before it is buffered, one uid holding its
+//! connection cap cannot lock another uid out, and a connection that never sends the HTTP/2
+//! preface is closed after the handshake timeout. Needs root (other uids via `setpriv`).
+
+#![expect(
+    clippy::expect_used,
+    reason = "end-to-end test: a failed step panics with its reason"
+)]
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+use therappai_broker_e2e::peer::{AS_NOBODY, require_root};
+use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user, workspace_bin};
+use therappai_broker_proto::v1 as pb;
+
+const EMAIL: &str = "judy@example.com";
+const PASSWORD: &str = "judys-long-password";
+
+/// A root broker that root and `nobody` may reach and get `default`'s token from, logged in, with
+/// `limits` as its `[connection_limits]` table.
+async fn broker_with_limits(limits: &str) -> (fake_therappai::FakeTherappai, Broker) {
+    require_root();
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::from_secs(300)).await;
+    let mut options = BrokerOptions::new(StoreKind::Keyutils, EMAIL);
+    options.top_config = "socket_mode = \"0666\"\n".to_owned();
+    options.shared_dir = true;
+    options.extra_config = format!(
+        "[[allow]]\naccount = \"default\"\nuids = [0, 65534]\n\n[connection_limits]\n{limits}"
+    );
+    let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
+    broker.login("default", PASSWORD).await;
+    (fake, broker)
+}
+
+async fn channel(broker: &Broker) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("unix://{}", broker.socket_path().display()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the broker")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_refused_and_the_broker_keeps_serving() {
+    let (fake, broker) = broker_with_limits("").await;
+    let mut raw = pb::broker_client::BrokerClient::new(channel(&broker).await);
+    let huge = pb::ReportRejectedRequest {
+        account: "default".to_owned(),
+        access_token: "x".repeat(4 * 1024 * 1024),
+        fingerprint: String::new(),
+        min_valid_seconds: None,
+    };
+    let status = raw
+        .report_rejected(huge)
+        .await
+        .expect_err("a 4 MiB message is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("at most 65536 bytes"),
+        "says the limit: {status:?}"
+    );
+    // The same connection and a new one still work.
+    let token = raw
+        .get_access_token(pb::GetAccessTokenRequest {
+            account: "default".to_owned(),
+            min_valid_seconds: None,
+        })
+        .await
+        .expect("the connection still serves")
+        .into_inner()
+        .access_token;
+    assert!(fake.issued_tokens().contains(&token));
+    assert_eq!(broker.token("default").await, token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_at_its_connection_cap_does_not_lock_out_another() {
+    let (fake, broker) = broker_with_limits("connections_per_uid = 4\n").await;
+    // Root (this process) takes every connection it may have, and holds them.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(channel(&broker).await);
+    }
+    let root = broker.ctl(&["token", "--account", "default"]).await;
+    assert_ne!(root.code, 0, "a fifth connection of root is refused");
+    assert!(root.stdout.is_empty(), "no token: {}", root.stdout);
+
+    // nobody is another uid: served as before.
+    let ctl = workspace_bin("therappai-brokerctl");
+    let nobody = broker
+        .run_ctl(AS_NOBODY, &ctl, &["token", "--account", "default"], None)
+        .await;
+    assert_eq!(nobody.code, 0, "nobody is served: {}", nobody.stderr);
+    assert!(
+        fake.issued_tokens()
+            .contains(&nobody.stdout.trim().to_owned())
+    );
+    assert!(
+        broker.log_lines_with(&["refused connections", "uid=0", "limit=4"]) >= 1,
+        "the refusal is logged with the uid and the limit:\n{}",
+        broker.logs()
+    );
+
+    // Root's connections close: root is served again.
+    drop(held);
+    broker
+        .token_eventually("default", Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_the_preface_is_closed_after_the_handshake_timeout() {
+    let (_fake, broker) = broker_with_limits("handshake_timeout_seconds = 1\n").await;
+    let mut silent =
+        std::os::unix::net::UnixStream::connect(broker.socket_path()).expect("connect");
+    // The broker's word, bounded: a read that ends (EOF or reset) means it closed the socket;
+    // our own read timeout running out first means it did not.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    let started = Instant::now();
+    // The server's own SETTINGS come first; then the end of the stream.
+    let mut sink = [0u8; 256];
+    let outcome = loop {
+        match silent.read(&mut sink) {
+            Ok(0) => break Ok(()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    let waited = started.elapsed();
+    outcome.unwrap_or_else(|e| {
+        panic!("the broker did not close the silent connection within 15 s: {e}")
+    });
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after the timeout, not at accept ({waited:?})"
+    );
+    // It stays up for everyone else.
+    broker.token("default").await;
+}
