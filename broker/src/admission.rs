@@ -333,7 +333,10 @@ mod tests {
         );
         drop(call);
         let ended = Instant::now();
-        assert!(conn.expired(24, ended).is_ok(), "idle from the end of the call");
+        assert!(
+            conn.expired(24, ended).is_ok(),
+            "idle from the end of the call"
+        );
         assert_eq!(conn.expired(24, ended + secs(6)), Err(Expiry::Idle));
     }
 }

@@ -58,6 +58,11 @@ pub enum BrokerError {
     /// A request field is missing or malformed.
     #[error("{message}")]
     InvalidArgument { message: String },
+    /// A task of the broker failed (a bug); the log has the details, the caller never does.
+    #[error(
+        "{what} failed inside the broker, which is a bug: the broker's log (`journalctl -u therappai-broker`) has the details; please report them, then run the same command again"
+    )]
+    Internal { what: &'static str },
     /// Too many failed logins: the caller may try again at `retry_at`.
     #[error(
         "{}: wait until {} (in {} s), then run `therappai-brokerctl login --account {account}` again",
@@ -142,6 +147,7 @@ impl BrokerError {
             Self::Store { .. } => "store-failed",
             Self::InvalidArgument { .. } => "invalid-argument",
             Self::RateLimited { .. } => "rate-limited",
+            Self::Internal { .. } => "internal",
         }
     }
 
@@ -156,6 +162,7 @@ impl BrokerError {
             Self::Store { .. } => Code::Internal,
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::Internal { .. } => Code::Internal,
         }
     }
 }

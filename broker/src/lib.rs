@@ -235,6 +235,7 @@ impl Daemon {
             ));
         }
         let refresher = Arc::clone(&service.refresher);
+        let sessions = Arc::clone(&service.sessions);
         let cache = Arc::clone(&service.cache);
         let admission = admission::Admission::new(config.connection_limits.clone());
         let incoming = metrics::count_connections(
@@ -281,17 +282,24 @@ impl Daemon {
         // Whatever way serving ended, the drain runs, with a budget of its own: a refresh
         // cycle in flight finishes (and stores a rotated token), and a rotated token that only
         // memory holds (a failed store write) gets one last try, or it is lost with the process.
-        drain(&refresher, &cache, config.shutdown_drain).await;
+        drain(&refresher, &sessions, &cache, config.shutdown_drain).await;
         listener::remove_socket(&socket, origin);
         tracing::info!("stopped");
         result
     }
 }
 
-/// The work that must outlive serving, bounded by `budget`: refresh cycles in flight, and
-/// the last store write of a rotated token that only memory holds.
-async fn drain(refresher: &Refresher, cache: &Cache, budget: std::time::Duration) {
+/// The work that must outlive serving, bounded by `budget`: logouts and revokes in flight
+/// (their store deletes), refresh cycles in flight, and the last store write of a rotated
+/// token that only memory holds.
+async fn drain(
+    refresher: &Refresher,
+    sessions: &Sessions,
+    cache: &Cache,
+    budget: std::time::Duration,
+) {
     let drained = tokio::time::timeout(budget, async {
+        sessions.finish_ends().await;
         refresher.finish_cycles().await;
         for slot in cache.slots() {
             refresher.retry_store_write(slot).await;
@@ -299,9 +307,9 @@ async fn drain(refresher: &Refresher, cache: &Cache, budget: std::time::Duration
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(budget = ?budget, "a refresh cycle or store write did not finish within shutdown_drain_seconds; stopping anyway (a rotated token still in flight may be lost)");
+        tracing::warn!(budget = ?budget, "a logout, revoke, refresh cycle or store write did not finish within shutdown_drain_seconds; stopping anyway (a rotated token still in flight may be lost)");
     } else {
-        tracing::debug!("drained: no refresh cycle or store write left");
+        tracing::debug!("drained: no logout, revoke, refresh cycle or store write left");
     }
 }
 
