@@ -11,23 +11,26 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 use therappai_broker_e2e::peer::{AS_NOBODY, require_root};
-use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user, workspace_bin};
+use therappai_broker_e2e::{
+    Broker, BrokerOptions, StoreKind, fake_with_user, wait_until, workspace_bin,
+};
 use therappai_broker_proto::v1 as pb;
 
 const EMAIL: &str = "judy@example.com";
 const PASSWORD: &str = "judys-long-password";
 
 /// A root broker that root and `nobody` may reach and get `default`'s token from, logged in, with
-/// `limits` as its `[connection_limits]` table.
+/// `limits` as its `[connection_limits]` table (none when empty: the defaults).
 async fn broker_with_limits(limits: &str) -> (fake_therappai::FakeTherappai, Broker) {
     require_root();
     let fake = fake_with_user(EMAIL, PASSWORD, Duration::from_secs(300)).await;
     let mut options = BrokerOptions::new(StoreKind::Keyutils, EMAIL);
     options.top_config = "socket_mode = \"0666\"\n".to_owned();
     options.shared_dir = true;
-    options.extra_config = format!(
-        "[[allow]]\naccount = \"default\"\nuids = [0, 65534]\n\n[connection_limits]\n{limits}"
-    );
+    options.extra_config = "[[allow]]\naccount = \"default\"\nuids = [0, 65534]\n".to_owned();
+    if !limits.is_empty() {
+        options.extra_config += &format!("\n[connection_limits]\n{limits}");
+    }
     let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
     broker.login("default", PASSWORD).await;
     (fake, broker)
@@ -140,4 +143,70 @@ async fn a_connection_that_never_sends_the_preface_is_closed_after_the_handshake
     );
     // It stays up for everyone else.
     broker.token("default").await;
+}
+
+/// Clock ticks of CPU time (user + system) the process `pid` has used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name (which may contain spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_accept_loop_pauses_instead_of_spinning() {
+    require_root();
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::from_secs(300)).await;
+    let mut options = BrokerOptions::new(StoreKind::Keyutils, EMAIL);
+    // A descriptor limit a hundred idle connections exceed; the per-uid cap is not what stops
+    // them here.
+    options.launcher = ["prlimit", "--nofile=64:64", "--"]
+        .map(str::to_owned)
+        .to_vec();
+    options.extra_config =
+        "[connection_limits]\nconnections_per_uid = 1000\nhandshake_timeout_seconds = 120\n"
+            .to_owned();
+    let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
+    broker.login("default", PASSWORD).await;
+    let token = broker.token("default").await;
+
+    let held: Vec<_> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(broker.socket_path()).expect("connect"))
+        .collect();
+    wait_until(
+        "the broker to run out of file descriptors and say so",
+        Duration::from_secs(10),
+        || broker.log_lines_with(&["out of file descriptors"]) == 1,
+    );
+    // A spinning accept loop burns a whole core; a pausing one next to nothing.
+    let before = cpu_ticks(broker.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(broker.pid()) - before;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).expect("ticks");
+    eprintln!("broker CPU while out of descriptors: {used} ticks in 2 s ({per_second}/s)");
+    assert!(
+        used < per_second * 2 / 5,
+        "{used} ticks of CPU in 2 s (of {per_second}/s): the accept loop spins"
+    );
+    assert_eq!(
+        broker.log_lines_with(&["out of file descriptors"]),
+        1,
+        "logged once per episode"
+    );
+
+    drop(held);
+    wait_until(
+        "accepting again once descriptors are free",
+        Duration::from_secs(10),
+        || broker.log_lines_with(&["accepting connections again"]) >= 1,
+    );
+    assert_eq!(
+        broker
+            .token_eventually("default", Duration::from_secs(10))
+            .await,
+        token
+    );
 }
