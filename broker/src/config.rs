@@ -48,8 +48,8 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
-            connections_per_uid: 64,
-            calls_per_uid: 128,
+            connections_per_uid: 128,
+            calls_per_uid: 1024,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
         }

@@ -113,6 +113,52 @@ async fn one_uid_at_its_connection_cap_does_not_lock_out_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_uid_at_its_call_cap_gets_resource_exhausted_and_another_is_served() {
+    let (fake, broker) = broker_with_limits("calls_per_uid = 2\n").await;
+    let mut raw = pb::broker_client::BrokerClient::new(channel(&broker).await);
+    // Two WatchSession streams are two calls in flight for as long as they are open.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = raw
+            .watch_session(pb::WatchSessionRequest {
+                account: "default".to_owned(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        stream.message().await.expect("first event").expect("open");
+        streams.push(stream);
+    }
+    let status = raw
+        .get_access_token(pb::GetAccessTokenRequest {
+            account: "default".to_owned(),
+            min_valid_seconds: None,
+        })
+        .await
+        .expect_err("a third call of root is refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("calls_per_uid"),
+        "names the limit: {status:?}"
+    );
+    let ctl = workspace_bin("therappai-brokerctl");
+    let nobody = broker
+        .run_ctl(AS_NOBODY, &ctl, &["token", "--account", "default"], None)
+        .await;
+    assert_eq!(nobody.code, 0, "nobody is served: {}", nobody.stderr);
+    assert!(
+        fake.issued_tokens()
+            .contains(&nobody.stdout.trim().to_owned())
+    );
+
+    // A stream that ends frees its call.
+    drop(streams.pop());
+    broker
+        .token_eventually("default", Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_sends_the_preface_is_closed_after_the_handshake_timeout() {
     let (_fake, broker) = broker_with_limits("handshake_timeout_seconds = 1\n").await;
     let mut silent =
