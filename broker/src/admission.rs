@@ -20,6 +20,7 @@ mod body;
 pub use body::AdmissionLayer;
 
 use crate::config::ConnectionLimits;
+use crate::error::BrokerError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -149,14 +150,6 @@ impl Admission {
             ),
         }
     }
-
-    /// The message a refused call gets.
-    fn calls_refused_message(&self, uid: u32) -> String {
-        format!(
-            "the broker is already serving {} calls for uid {uid}, its limit ([connection_limits] calls_per_uid); wait for some to finish, or ask the admin to raise the limit",
-            self.limits.calls_per_uid
-        )
-    }
 }
 
 /// One admitted connection; while it lives the uid's connection count includes it.
@@ -181,21 +174,21 @@ pub enum Expiry {
 }
 
 impl ConnectionTicket {
-    /// When this connection is next due for a check, and whether it has expired now.
-    /// `preface_read` is how many bytes the client has sent so far.
-    pub fn expired(&self, preface_read: u64, now: Instant) -> Result<Instant, Expiry> {
+    /// Whether the connection has expired now, and else its next deadline (`None` while a
+    /// call is in flight: look again within an idle period). `preface_read` is how many bytes
+    /// the client has sent so far.
+    pub fn expired(&self, preface_read: u64, now: Instant) -> Result<Option<Instant>, Expiry> {
         let limits = &self.admission.limits;
         if preface_read < CLIENT_PREFACE_LEN {
             let due = self.accepted_at + limits.handshake_timeout;
             return if now >= due {
                 Err(Expiry::Handshake)
             } else {
-                Ok(due)
+                Ok(Some(due))
             };
         }
         if self.calls.load(Ordering::Acquire) > 0 {
-            // Busy: look again one idle period from now (a call's end does not wake reads).
-            return Ok(now + limits.idle_timeout);
+            return Ok(None);
         }
         let due = *self
             .idle_since
@@ -205,7 +198,7 @@ impl ConnectionTicket {
         if now >= due {
             Err(Expiry::Idle)
         } else {
-            Ok(due)
+            Ok(Some(due))
         }
     }
 
@@ -217,15 +210,18 @@ impl ConnectionTicket {
         &self.admission.limits
     }
 
-    /// Counts a new call of this connection, or refuses it (the message says why) when the
-    /// uid has `calls_per_uid` in flight.
-    fn begin_call(self: &Arc<Self>) -> Result<CallTicket, String> {
+    /// Counts a new call of this connection, or refuses it when the uid has `calls_per_uid`
+    /// in flight.
+    fn begin_call(self: &Arc<Self>) -> Result<CallTicket, BrokerError> {
         let admission = &self.admission;
         let mut uids = admission.uids();
         let load = uids.entry(self.uid).or_default();
         if load.calls >= admission.limits.calls_per_uid {
             admission.refused(self.uid, load, Refused::Calls);
-            return Err(admission.calls_refused_message(self.uid));
+            return Err(BrokerError::TooManyCalls {
+                uid: self.uid,
+                limit: admission.limits.calls_per_uid,
+            });
         }
         load.calls += 1;
         self.calls.fetch_add(1, Ordering::AcqRel);
@@ -297,7 +293,7 @@ mod tests {
         let c1 = one.begin_call().expect("c1");
         let _c2 = two.begin_call().expect("c2");
         let refused = one.begin_call().expect_err("over the cap");
-        assert!(refused.contains("calls_per_uid"), "{refused}");
+        assert!(refused.to_string().contains("calls_per_uid"), "{refused}");
         drop(c1);
         two.begin_call().expect("freed");
     }
@@ -318,17 +314,18 @@ mod tests {
         let conn = admission.admit_connection(1).expect("conn");
         let start = conn.accepted_at;
         let secs = Duration::from_secs;
-        assert_eq!(conn.expired(0, start), Ok(start + secs(2)));
+        assert_eq!(conn.expired(0, start), Ok(Some(start + secs(2))));
         assert_eq!(
             conn.expired(23, start + secs(2)),
             Err(Expiry::Handshake),
             "23 of the 24 preface bytes are not a handshake"
         );
         // Preface complete, idle since accept: due 5 s after it.
-        assert_eq!(conn.expired(24, start + secs(3)), Ok(start + secs(5)));
+        assert_eq!(conn.expired(24, start + secs(3)), Ok(Some(start + secs(5))));
         let call = conn.begin_call().expect("call");
-        assert!(
-            conn.expired(24, start + secs(60)).is_ok(),
+        assert_eq!(
+            conn.expired(24, start + secs(60)),
+            Ok(None),
             "a call in flight is not idle"
         );
         drop(call);

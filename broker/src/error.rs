@@ -58,6 +58,16 @@ pub enum BrokerError {
     /// A request field is missing or malformed.
     #[error("{message}")]
     InvalidArgument { message: String },
+    /// The caller's uid already has as many calls in flight as `calls_per_uid` allows.
+    #[error(
+        "the broker is already serving {limit} calls for uid {uid}, its limit ([connection_limits] calls_per_uid); wait for some to finish, or ask the admin to raise the limit"
+    )]
+    TooManyCalls { uid: u32, limit: usize },
+    /// A request message declared more bytes than the broker accepts.
+    #[error(
+        "the request message is {len} bytes; the broker accepts at most {limit} bytes per message (every request it serves is far smaller): check what the client sends"
+    )]
+    MessageTooLarge { len: usize, limit: usize },
     /// A task of the broker failed (a bug); the log has the details, the caller never does.
     #[error(
         "{what} failed inside the broker, which is a bug: the broker's log (`journalctl -u therappai-broker`) has the details; please report them, then run the same command again"
@@ -148,6 +158,8 @@ impl BrokerError {
             Self::InvalidArgument { .. } => "invalid-argument",
             Self::RateLimited { .. } => "rate-limited",
             Self::Internal { .. } => "internal",
+            Self::TooManyCalls { .. } => "too-many-calls",
+            Self::MessageTooLarge { .. } => "message-too-large",
         }
     }
 
@@ -163,6 +175,7 @@ impl BrokerError {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::Internal { .. } => Code::Internal,
+            Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
         }
     }
 }

@@ -160,7 +160,8 @@ impl PeerConnection {
             return Ok(());
         };
         loop {
-            let due = match ticket.expired(self.read_so_far, tokio::time::Instant::now()) {
+            let now = tokio::time::Instant::now();
+            let due = match ticket.expired(self.read_so_far, now) {
                 Ok(due) => due,
                 Err(expiry) => {
                     let (what, after) = match expiry {
@@ -182,9 +183,16 @@ impl PeerConnection {
             };
             let sleep = self
                 .deadline
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-            if sleep.deadline() != due {
-                sleep.as_mut().reset(due);
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(now)));
+            match due {
+                Some(due) if sleep.deadline() != due => sleep.as_mut().reset(due),
+                Some(_) => {}
+                // A call in flight: look again within an idle period (the end of a call does
+                // not wake reads), keeping a timer that is still ahead.
+                None if sleep.deadline() <= now => {
+                    sleep.as_mut().reset(now + ticket.limits().idle_timeout);
+                }
+                None => {}
             }
             if sleep.as_mut().poll(cx).is_pending() {
                 return Ok(());

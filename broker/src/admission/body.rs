@@ -4,6 +4,7 @@
 //! message is buffered.
 
 use super::{CallTicket, MAX_MESSAGE_BYTES};
+use crate::error::BrokerError;
 use crate::peer::ConnectedPeer;
 use std::future::Future;
 use std::pin::Pin;
@@ -56,10 +57,9 @@ where
             .and_then(|peer| peer.connection.clone());
         let call = match ticket.map(|ticket| ticket.begin_call()).transpose() {
             Ok(call) => call,
-            Err(message) => {
-                return Box::pin(
-                    async move { Ok(Status::resource_exhausted(message).into_http()) },
-                );
+            Err(refused) => {
+                let status = Status::from(refused);
+                return Box::pin(async move { Ok(status.into_http()) });
             }
         };
         // The service that was made ready is the one that is called (tower's contract).
@@ -145,9 +145,11 @@ impl LimitedRequest {
                 let [_, a, b, c, d] = self.prefix;
                 let len = u32::from_be_bytes([a, b, c, d]) as usize;
                 if len > MAX_MESSAGE_BYTES {
-                    return Err(Status::resource_exhausted(format!(
-                        "the request message is {len} bytes; the broker accepts at most {MAX_MESSAGE_BYTES} bytes per message (every request it serves is far smaller): check what the client sends"
-                    )));
+                    return Err(BrokerError::MessageTooLarge {
+                        len,
+                        limit: MAX_MESSAGE_BYTES,
+                    }
+                    .into());
                 }
                 self.remaining = len;
             }
