@@ -57,6 +57,13 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The HTTP/2 client preface (RFC 9113, 3.4): what a connection must send first.
 pub(crate) const CLIENT_PREFACE_LEN: u64 = 24;
 
+/// Connections over a uid's cap that are still answered, for [`REFUSAL_LIFETIME`], with a
+/// RESOURCE_EXHAUSTED saying why (so the user reads the reason, not "broker not reachable");
+/// beyond this many at once they are closed without a word, which keeps a flood's hold on
+/// descriptors bounded.
+const MAX_EXPLAINED_REFUSALS: usize = 16;
+const REFUSAL_LIFETIME: Duration = Duration::from_secs(2);
+
 /// After one logged refusal for a uid, the next is logged no sooner than this (with the count
 /// of those in between), so a flooding peer cannot flood the log.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -77,6 +84,8 @@ struct UidLoad {
 pub struct Admission {
     limits: ConnectionLimits,
     uids: Mutex<HashMap<u32, UidLoad>>,
+    /// Refused connections open to explain their refusal.
+    explaining: AtomicUsize,
 }
 
 /// Which limit refused something.
@@ -91,6 +100,7 @@ impl Admission {
         Arc::new(Self {
             limits,
             uids: Mutex::new(HashMap::new()),
+            explaining: AtomicUsize::new(0),
         })
     }
 
@@ -102,20 +112,29 @@ impl Admission {
         self.uids.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A ticket for a new connection of `uid`, or `None` when the uid already has
-    /// `connections_per_uid` open (the caller closes the connection).
+    /// A ticket for a new connection of `uid`. When the uid already has `connections_per_uid`
+    /// open, the ticket is a refusal (every call on it is answered RESOURCE_EXHAUSTED, and it
+    /// closes after [`REFUSAL_LIFETIME`]), or `None` (the caller closes the connection at once)
+    /// when [`MAX_EXPLAINED_REFUSALS`] are already open.
     pub fn admit_connection(self: &Arc<Self>, uid: u32) -> Option<Arc<ConnectionTicket>> {
         let mut uids = self.uids();
         let load = uids.entry(uid).or_default();
-        if load.connections >= self.limits.connections_per_uid {
+        let refused = load.connections >= self.limits.connections_per_uid;
+        if refused {
             self.refused(uid, load, Refused::Connections);
-            return None;
+            let explaining = self.explaining.fetch_add(1, Ordering::AcqRel);
+            if explaining >= MAX_EXPLAINED_REFUSALS {
+                self.explaining.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+        } else {
+            load.connections += 1;
         }
-        load.connections += 1;
         let now = Instant::now();
         Some(Arc::new(ConnectionTicket {
             admission: Arc::clone(self),
             uid,
+            refused,
             accepted_at: now,
             calls: AtomicUsize::new(0),
             idle_since: Mutex::new(now),
@@ -157,6 +176,8 @@ impl Admission {
 pub struct ConnectionTicket {
     admission: Arc<Admission>,
     uid: u32,
+    /// Over the uid's connection cap: open only to say so.
+    refused: bool,
     accepted_at: Instant,
     /// Calls of this connection in flight.
     calls: AtomicUsize,
@@ -171,6 +192,8 @@ pub enum Expiry {
     Handshake,
     /// No call in flight for the idle timeout.
     Idle,
+    /// A refused connection's time to explain itself is over.
+    Refused,
 }
 
 impl ConnectionTicket {
@@ -179,6 +202,14 @@ impl ConnectionTicket {
     /// the client has sent so far.
     pub fn expired(&self, preface_read: u64, now: Instant) -> Result<Option<Instant>, Expiry> {
         let limits = &self.admission.limits;
+        if self.refused {
+            let due = self.accepted_at + REFUSAL_LIFETIME;
+            return if now >= due {
+                Err(Expiry::Refused)
+            } else {
+                Ok(Some(due))
+            };
+        }
         if preface_read < CLIENT_PREFACE_LEN {
             let due = self.accepted_at + limits.handshake_timeout;
             return if now >= due {
@@ -214,6 +245,12 @@ impl ConnectionTicket {
     /// in flight.
     fn begin_call(self: &Arc<Self>) -> Result<CallTicket, BrokerError> {
         let admission = &self.admission;
+        if self.refused {
+            return Err(BrokerError::TooManyConnections {
+                uid: self.uid,
+                limit: admission.limits.connections_per_uid,
+            });
+        }
         let mut uids = admission.uids();
         let load = uids.entry(self.uid).or_default();
         if load.calls >= admission.limits.calls_per_uid {
@@ -231,6 +268,10 @@ impl ConnectionTicket {
 
 impl Drop for ConnectionTicket {
     fn drop(&mut self) {
+        if self.refused {
+            self.admission.explaining.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
         let mut uids = self.admission.uids();
         if let Some(load) = uids.get_mut(&self.uid) {
             load.connections = load.connections.saturating_sub(1);
@@ -279,10 +320,35 @@ mod tests {
         let admission = Admission::new(limits(2, 10));
         let a = admission.admit_connection(1000).expect("first");
         let _b = admission.admit_connection(1000).expect("second");
-        assert!(admission.admit_connection(1000).is_none(), "third refused");
-        assert!(admission.admit_connection(1001).is_some(), "another uid");
+        let third = admission
+            .admit_connection(1000)
+            .expect("a refusal that explains");
+        let refused = third.begin_call().expect_err("every call refused");
+        assert!(
+            refused.to_string().contains("connections_per_uid"),
+            "{refused}"
+        );
+        assert_eq!(
+            third.expired(0, third.accepted_at + REFUSAL_LIFETIME),
+            Err(Expiry::Refused)
+        );
+        let another = admission.admit_connection(1001).expect("another uid");
+        assert!(another.begin_call().is_ok());
         drop(a);
-        assert!(admission.admit_connection(1000).is_some(), "freed");
+        let fourth = admission.admit_connection(1000).expect("freed");
+        assert!(fourth.begin_call().is_ok(), "a real connection again");
+    }
+
+    #[test]
+    fn explained_refusals_are_bounded_then_connections_are_closed_at_once() {
+        let admission = Admission::new(limits(1, 10));
+        let _one = admission.admit_connection(5).expect("admitted");
+        let explained: Vec<_> = (0..MAX_EXPLAINED_REFUSALS)
+            .map(|_| admission.admit_connection(5).expect("explained"))
+            .collect();
+        assert!(admission.admit_connection(5).is_none(), "closed at once");
+        drop(explained);
+        assert!(admission.admit_connection(5).is_some(), "explaining again");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub enum BrokerError {
         "the broker is already serving {limit} calls for uid {uid}, its limit ([connection_limits] calls_per_uid); wait for some to finish, or ask the admin to raise the limit"
     )]
     TooManyCalls { uid: u32, limit: usize },
+    /// The caller's uid already has as many connections open as `connections_per_uid` allows.
+    #[error(
+        "uid {uid} already has {limit} connections open to the broker, its limit ([connection_limits] connections_per_uid); close some (a client that opens a connection per call and never closes them leaks), or ask the admin to raise the limit"
+    )]
+    TooManyConnections { uid: u32, limit: usize },
     /// A request message declared more bytes than the broker accepts.
     #[error(
         "the request message is {len} bytes; the broker accepts at most {limit} bytes per message (every request it serves is far smaller): check what the client sends"
@@ -159,6 +164,7 @@ impl BrokerError {
             Self::RateLimited { .. } => "rate-limited",
             Self::Internal { .. } => "internal",
             Self::TooManyCalls { .. } => "too-many-calls",
+            Self::TooManyConnections { .. } => "too-many-connections",
             Self::MessageTooLarge { .. } => "message-too-large",
         }
     }
@@ -175,7 +181,9 @@ impl BrokerError {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::Internal { .. } => Code::Internal,
-            Self::TooManyCalls { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
+            Self::TooManyCalls { .. }
+            | Self::TooManyConnections { .. }
+            | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
         }
     }
 }

@@ -164,21 +164,16 @@ impl PeerConnection {
             let due = match ticket.expired(self.read_so_far, now) {
                 Ok(due) => due,
                 Err(expiry) => {
-                    let (what, after) = match expiry {
+                    let limits = ticket.limits();
+                    let why = match expiry {
                         Expiry::Handshake => {
-                            ("no HTTP/2 preface", ticket.limits().handshake_timeout)
+                            format!("no HTTP/2 preface within {:?}", limits.handshake_timeout)
                         }
-                        Expiry::Idle => ("no call", ticket.limits().idle_timeout),
+                        Expiry::Idle => format!("no call within {:?}", limits.idle_timeout),
+                        Expiry::Refused => "over connections_per_uid, refusal sent".to_owned(),
                     };
-                    tracing::debug!(
-                        uid = ticket.uid(),
-                        ?after,
-                        "closing a connection: {what} within the timeout"
-                    );
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("{what} within {after:?}"),
-                    ));
+                    tracing::debug!(uid = ticket.uid(), "closing a connection: {why}");
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, why));
                 }
             };
             let sleep = self

@@ -88,6 +88,12 @@ async fn one_uid_at_its_connection_cap_does_not_lock_out_another() {
     let root = broker.ctl(&["token", "--account", "default"]).await;
     assert_ne!(root.code, 0, "a fifth connection of root is refused");
     assert!(root.stdout.is_empty(), "no token: {}", root.stdout);
+    assert!(
+        root.stderr.contains("uid 0 already has 4 connections open")
+            && root.stderr.contains("connections_per_uid"),
+        "the CLI says why: {}",
+        root.stderr
+    );
 
     // nobody is another uid: served as before.
     let ctl = workspace_bin("therappai-brokerctl");
