@@ -4,6 +4,11 @@
 //! reaches therappai (shutdown waits for it), and a restarted broker serves no token for the
 //! account.
 
+#![expect(
+    clippy::expect_used,
+    reason = "end-to-end test: a failed step panics with its reason"
+)]
+
 use std::time::{Duration, Instant};
 use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user, wait_until};
 use therappai_broker_proto::v1 as pb;
