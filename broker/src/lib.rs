@@ -2,11 +2,11 @@
 //! and serves short-lived access tokens to allowed local programs over gRPC on a Unix socket.
 //!
 //! Modules in the order a request travels:
-//! [`listener`] (with [`admission`]) → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
-//! [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke, restore, status),
-//! [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`] and [`reload`]),
-//! [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`], [`notify`] (systemd readiness,
-//! status and watchdog), [`capability`] and [`error`].
+//! [`listener`] (with [`admission`]) → [`service`] → [`peer`] → [`policy`] → [`cache`] →
+//! [`refresh`] → [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke,
+//! restore, status), [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`]
+//! and [`reload`]), [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`], [`notify`]
+//! (systemd readiness, status and watchdog), [`capability`] and [`error`].
 
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
@@ -275,7 +275,7 @@ impl Daemon {
                 shutdown.cancelled().await;
                 tokio::time::sleep(config.shutdown_grace).await;
             } => {
-                tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls or open connections did not finish within the grace period; closing them");
+                tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls or open connections did not finish within the grace period; no longer waiting for them (they close at exit)");
                 Ok(())
             }
         };

@@ -258,8 +258,9 @@ fn check_foreign_directory(dir: &Path, access: &SocketAccess) -> Result<(), List
 }
 
 /// Accepted connections, each with its peer's identity and admission ticket. A connection
-/// whose credentials the kernel does not give, or whose uid already has
-/// `connections_per_uid` open, is closed here, before any handler sees it. When the process
+/// whose credentials the kernel does not give is closed here, before any handler sees it; so
+/// is one whose uid already has `connections_per_uid` open, unless `admission` keeps it a
+/// moment to tell the client why. When the process
 /// runs out of file descriptors, accepting pauses (the pending connections wait in the
 /// backlog) instead of spinning on the error.
 pub fn incoming(
@@ -317,8 +318,8 @@ impl tokio_stream::Stream for Accepting {
                     continue;
                 }
             };
-            // Over the uid's cap: dropped, which closes it (the refusal is logged, rate
-            // limited, by `admission`).
+            // No ticket (over the uid's cap, and enough refusals are being explained already):
+            // dropped, which closes it. `admission` logs refusals, rate limited.
             if let Some(ticket) = this.admission.admit_connection(connection.identity().uid) {
                 return Poll::Ready(Some(Ok(connection.admitted(ticket))));
             }
