@@ -41,8 +41,13 @@ async fn a_rotation_in_flight_reaches_the_store_although_an_idle_connection_hold
     caller.kill().expect("kill the caller");
     caller.wait().expect("reap the caller");
 
-    // Connected, and silent: no HTTP/2 preface, ever.
-    let idle = std::os::unix::net::UnixStream::connect(broker.socket_path()).expect("connect");
+    // Connected, and silent: no HTTP/2 preface, ever. The broker's own SETTINGS frame says it
+    // has accepted the connection (one still in the backlog at SIGTERM would hold nothing).
+    let mut idle = std::os::unix::net::UnixStream::connect(broker.socket_path()).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut settings = [0u8; 9];
+    std::io::Read::read_exact(&mut idle, &mut settings).expect("the broker's SETTINGS frame");
     let status = broker.stop();
     assert!(status.success(), "exit {status}; log:\n{}", broker.logs());
     drop(idle);
