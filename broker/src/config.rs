@@ -27,8 +27,33 @@ pub struct Config {
     pub refresh: RefreshConfig,
     /// Bound on finishing in-flight calls after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Bound, after the grace, on finishing refresh cycles, session ends and the last store
+    /// write (the drain runs whatever the connections do).
+    pub shutdown_drain: Duration,
     /// Failed-login limits (`[login_limits]`).
     pub login_limits: LoginLimits,
+    /// Per-uid and per-connection limits on the socket (`[connection_limits]`).
+    pub connection_limits: ConnectionLimits,
+}
+
+/// What one uid may hold open on the socket (`[connection_limits]`; see `admission.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub connections_per_uid: usize,
+    pub calls_per_uid: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            connections_per_uid: 128,
+            calls_per_uid: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Ownership and modes of the socket and its directory.
@@ -159,11 +184,63 @@ struct RawConfig {
     #[serde(default)]
     refresh: RawRefresh,
     shutdown_grace_seconds: Option<u64>,
+    shutdown_drain_seconds: Option<u64>,
     #[serde(default)]
     allow: Vec<RawAllow>,
     admin: Option<RawAdmin>,
     #[serde(default)]
     login_limits: RawLoginLimits,
+    #[serde(default)]
+    connection_limits: RawConnectionLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConnectionLimits {
+    connections_per_uid: Option<usize>,
+    calls_per_uid: Option<usize>,
+    handshake_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+}
+
+impl RawConnectionLimits {
+    fn validate(self) -> Result<ConnectionLimits, String> {
+        let d = ConnectionLimits::default();
+        let count = |value: Option<usize>, default: usize, key: &str| match value {
+            None => Ok(default),
+            Some(n) if (1..=100_000).contains(&n) => Ok(n),
+            Some(n) => Err(format!(
+                "[connection_limits] {key} must be between 1 and 100000, got {n}"
+            )),
+        };
+        let seconds = |value: Option<u64>, default: Duration, max: u64, key: &str| match value {
+            None => Ok(default),
+            Some(s) if (1..=max).contains(&s) => Ok(Duration::from_secs(s)),
+            Some(s) => Err(format!(
+                "[connection_limits] {key} must be between 1 and {max} seconds, got {s}"
+            )),
+        };
+        Ok(ConnectionLimits {
+            connections_per_uid: count(
+                self.connections_per_uid,
+                d.connections_per_uid,
+                "connections_per_uid",
+            )?,
+            calls_per_uid: count(self.calls_per_uid, d.calls_per_uid, "calls_per_uid")?,
+            handshake_timeout: seconds(
+                self.handshake_timeout_seconds,
+                d.handshake_timeout,
+                300,
+                "handshake_timeout_seconds",
+            )?,
+            idle_timeout: seconds(
+                self.idle_timeout_seconds,
+                d.idle_timeout,
+                86_400,
+                "idle_timeout_seconds",
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +442,7 @@ impl Config {
         let socket_access =
             validate_socket_access(raw.socket_group, raw.socket_mode).map_err(invalid)?;
         let login_limits = validate_login_limits(raw.login_limits).map_err(invalid)?;
+        let connection_limits = raw.connection_limits.validate().map_err(invalid)?;
 
         let mut accounts: Vec<AccountConfig> = Vec::new();
         for account in raw.accounts {
@@ -400,6 +478,14 @@ impl Config {
         };
 
         let refresh = raw.refresh.validate().map_err(invalid)?;
+        let shutdown_drain = match raw.shutdown_drain_seconds.unwrap_or(10) {
+            s @ 1..=120 => Duration::from_secs(s),
+            s => {
+                return Err(invalid(format!(
+                    "shutdown_drain_seconds must be between 1 and 120, got {s}"
+                )));
+            }
+        };
 
         Ok(Config {
             socket,
@@ -410,7 +496,9 @@ impl Config {
             upstream,
             accounts,
             shutdown_grace: Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(5)),
+            shutdown_drain,
             login_limits,
+            connection_limits,
         })
     }
 

@@ -58,6 +58,26 @@ pub enum BrokerError {
     /// A request field is missing or malformed.
     #[error("{message}")]
     InvalidArgument { message: String },
+    /// The caller's uid already has as many calls in flight as `calls_per_uid` allows.
+    #[error(
+        "the broker is already serving {limit} calls for uid {uid}, its limit ([connection_limits] calls_per_uid); wait for some to finish, or ask the admin to raise the limit"
+    )]
+    TooManyCalls { uid: u32, limit: usize },
+    /// The caller's uid already has as many connections open as `connections_per_uid` allows.
+    #[error(
+        "uid {uid} already has {limit} connections open to the broker, its limit ([connection_limits] connections_per_uid); close some (a client that opens a connection per call and never closes them leaks), or ask the admin to raise the limit"
+    )]
+    TooManyConnections { uid: u32, limit: usize },
+    /// A request message declared more bytes than the broker accepts.
+    #[error(
+        "the request message is {len} bytes; the broker accepts at most {limit} bytes per message (every request it serves is far smaller): check what the client sends"
+    )]
+    MessageTooLarge { len: usize, limit: usize },
+    /// A task of the broker failed (a bug); the log has the details, the caller never does.
+    #[error(
+        "{what} failed inside the broker, which is a bug: the broker's log (`journalctl -u therappai-broker`) has the details; please report them, then run the same command again"
+    )]
+    Internal { what: &'static str },
     /// Too many failed logins: the caller may try again at `retry_at`.
     #[error(
         "{}: wait until {} (in {} s), then run `therappai-brokerctl login --account {account}` again",
@@ -142,6 +162,10 @@ impl BrokerError {
             Self::Store { .. } => "store-failed",
             Self::InvalidArgument { .. } => "invalid-argument",
             Self::RateLimited { .. } => "rate-limited",
+            Self::Internal { .. } => "internal",
+            Self::TooManyCalls { .. } => "too-many-calls",
+            Self::TooManyConnections { .. } => "too-many-connections",
+            Self::MessageTooLarge { .. } => "message-too-large",
         }
     }
 
@@ -156,6 +180,10 @@ impl BrokerError {
             Self::Store { .. } => Code::Internal,
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::Internal { .. } => Code::Internal,
+            Self::TooManyCalls { .. }
+            | Self::TooManyConnections { .. }
+            | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
         }
     }
 }

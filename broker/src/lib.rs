@@ -2,15 +2,16 @@
 //! and serves short-lived access tokens to allowed local programs over gRPC on a Unix socket.
 //!
 //! Modules in the order a request travels:
-//! [`listener`] → [`service`] → [`peer`] → [`policy`] → [`cache`] → [`refresh`] →
-//! [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke, restore, status),
-//! [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`] and [`reload`]),
-//! [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`], [`notify`] (systemd readiness,
-//! status and watchdog), [`capability`] and [`error`].
+//! [`listener`] (with [`admission`]) → [`service`] → [`peer`] → [`policy`] → [`cache`] →
+//! [`refresh`] → [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke,
+//! restore, status), [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`]
+//! and [`reload`]), [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`], [`notify`]
+//! (systemd readiness, status and watchdog), [`capability`] and [`error`].
 
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
 
+pub mod admission;
 pub mod audit;
 pub mod authority;
 pub mod cache;
@@ -242,54 +243,82 @@ impl Daemon {
                 shutdown.child_token(),
             ));
         }
-        let service_refresher = Arc::clone(&service.refresher);
+        let refresher = Arc::clone(&service.refresher);
+        let sessions = Arc::clone(&service.sessions);
         let cache = Arc::clone(&service.cache);
-        let incoming =
-            metrics::count_connections(listener::incoming(listener), Arc::clone(&service.metrics));
+        let admission = admission::Admission::new(config.connection_limits.clone());
+        let incoming = metrics::count_connections(
+            listener::incoming(listener, admission),
+            Arc::clone(&service.metrics),
+        );
         let stop = shutdown.clone();
         // STOPPING=1 and the end of the session streams happen inside the server's own
         // shutdown future, so they are done before serving can return (a spawned task could
         // still be waiting for a worker when the process exits, and systemd would never hear).
+        // Admission control (see `admission.rs`): what one caller can make the broker hold.
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(admission::MAX_STREAMS_PER_CONNECTION))
+            .initial_stream_window_size(Some(admission::STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(admission::CONNECTION_WINDOW_BYTES))
+            .http2_max_header_list_size(admission::MAX_HEADER_LIST_BYTES)
+            .http2_keepalive_interval(Some(admission::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(admission::KEEPALIVE_TIMEOUT))
+            .layer(admission::AdmissionLayer)
             .add_routes(conventions)
-            .add_service(BrokerServer::new(service))
+            .add_service(
+                BrokerServer::new(service)
+                    .max_decoding_message_size(admission::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(admission::MAX_RESPONSE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 stop.cancelled().await;
                 notify::stopping();
                 streams_stop.cancel();
             });
         tokio::pin!(server);
-        let refresher = Arc::clone(&service_refresher);
+        // The server is bounded by the grace on its own: a connection that never speaks
+        // HTTP/2 (or a call that never ends) holds its graceful shutdown open for ever.
         let result = tokio::select! {
-            result = async {
-                let result = (&mut server).await;
-                // A refresh cycle in flight finishes (and stores a rotated token) first, within
-                // the grace (also when the server ended on its own, before any signal).
-                // And a rotated token that only memory holds (a failed store write) gets one
-                // last try, or it is lost with the process.
-                let drained = tokio::time::timeout(config.shutdown_grace, async {
-                    refresher.finish_cycles().await;
-                    for slot in cache.slots() {
-                        refresher.retry_store_write(slot).await;
-                    }
-                })
-                .await;
-                if drained.is_err() {
-                    tracing::warn!(grace = ?config.shutdown_grace, "a refresh cycle did not finish within the grace period; stopping anyway");
-                }
-                result
-            } => result,
+            result = &mut server => result,
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(config.shutdown_grace).await;
             } => {
-                tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls did not finish within the grace period; stopping anyway");
+                tracing::warn!(grace = ?config.shutdown_grace, "in-flight calls or open connections did not finish within the grace period; no longer waiting for them (they close at exit)");
                 Ok(())
             }
         };
+        // Whatever way serving ended, the drain runs, with a budget of its own: a refresh
+        // cycle in flight finishes (and stores a rotated token), and a rotated token that only
+        // memory holds (a failed store write) gets one last try, or it is lost with the process.
+        drain(&refresher, &sessions, &cache, config.shutdown_drain).await;
         listener::remove_socket(&socket, origin);
         tracing::info!("stopped");
         result
+    }
+}
+
+/// The work that must outlive serving, bounded by `budget`: logouts and revokes in flight
+/// (their store deletes), refresh cycles in flight, and the last store write of a rotated
+/// token that only memory holds.
+async fn drain(
+    refresher: &Refresher,
+    sessions: &Sessions,
+    cache: &Cache,
+    budget: std::time::Duration,
+) {
+    let drained = tokio::time::timeout(budget, async {
+        sessions.finish_ends().await;
+        refresher.finish_cycles().await;
+        for slot in cache.slots() {
+            refresher.retry_store_write(slot).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(budget = ?budget, "a logout, revoke, refresh cycle or store write did not finish within shutdown_drain_seconds; stopping anyway (a rotated token still in flight may be lost)");
+    } else {
+        tracing::debug!("drained: no logout, revoke, refresh cycle or store write left");
     }
 }
 

@@ -7,11 +7,16 @@
 //! left by a dead broker, and refuses to take over a socket that a live broker still answers
 //! on. The socket is made 0600 (0660 with a `socket_group`, or `socket_mode`).
 
+use crate::admission::Admission;
 use crate::config::SocketAccess;
 use crate::peer::PeerConnection;
+use std::future::Future;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use tokio::net::UnixListener;
 
 /// Why the socket could not be set up. Each message says what to do.
@@ -252,22 +257,82 @@ fn check_foreign_directory(dir: &Path, access: &SocketAccess) -> Result<(), List
     }
 }
 
-/// Accepted connections, each with its peer's identity. A connection whose credentials the
-/// kernel does not give is dropped here, before any handler sees it.
+/// Accepted connections, each with its peer's identity and admission ticket. A connection
+/// whose credentials the kernel does not give is closed here, before any handler sees it; so
+/// is one whose uid already has `connections_per_uid` open, unless `admission` keeps it a
+/// moment to tell the client why. When the process
+/// runs out of file descriptors, accepting pauses (the pending connections wait in the
+/// backlog) instead of spinning on the error.
 pub fn incoming(
     listener: UnixListener,
+    admission: Arc<Admission>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<PeerConnection>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::UnixListenerStream::new(listener).filter_map(|accepted| match accepted
-        .map(PeerConnection::accept)
-    {
-        Ok(Ok(connection)) => Some(Ok(connection)),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "refused a connection: the kernel gave no peer credentials");
-            None
+    Accepting {
+        listener,
+        admission,
+        pause: None,
+        out_of_fds: false,
+    }
+}
+
+/// How long accepting pauses after running out of file descriptors.
+const OUT_OF_FDS_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+struct Accepting {
+    listener: UnixListener,
+    admission: Arc<Admission>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// In an episode of running out of descriptors (logged once per episode).
+    out_of_fds: bool,
+}
+
+impl tokio_stream::Stream for Accepting {
+    type Item = std::io::Result<PeerConnection>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pause) = &mut this.pause {
+                ready!(pause.as_mut().poll(cx));
+                this.pause = None;
+            }
+            let stream = match ready!(this.listener.poll_accept(cx)) {
+                Ok((stream, _)) => stream,
+                Err(e) if out_of_descriptors(&e) => {
+                    if !this.out_of_fds {
+                        this.out_of_fds = true;
+                        tracing::error!(error = %e, "cannot accept connections: the broker is out of file descriptors, so store, HTTPS and /proc opens fail too; accepting pauses until some close. Raise the limit (LimitNOFILE= in the unit, `ulimit -n`) or lower [connection_limits] connections_per_uid");
+                    }
+                    this.pause = Some(Box::pin(tokio::time::sleep(OUT_OF_FDS_PAUSE)));
+                    continue;
+                }
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            };
+            if std::mem::take(&mut this.out_of_fds) {
+                tracing::info!("accepting connections again: file descriptors are available");
+            }
+            let connection = match PeerConnection::accept(stream) {
+                Ok(connection) => connection,
+                Err(e) => {
+                    tracing::warn!(error = %e, "refused a connection: the kernel gave no peer credentials");
+                    continue;
+                }
+            };
+            // No ticket (over the uid's cap, and enough refusals are being explained already):
+            // dropped, which closes it. `admission` logs refusals, rate limited.
+            if let Some(ticket) = this.admission.admit_connection(connection.identity().uid) {
+                return Poll::Ready(Some(Ok(connection.admitted(ticket))));
+            }
         }
-        Err(e) => Some(Err(e)),
-    })
+    }
+}
+
+/// EMFILE/ENFILE (and the kernel's out-of-memory answers): retrying at once cannot succeed.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Gives `path` to the socket group (if any), then sets `mode`. The group first: between the

@@ -78,6 +78,12 @@ fn changed_keys(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.shutdown_grace != new.shutdown_grace {
         keys.push("shutdown_grace_seconds");
     }
+    if running.connection_limits != new.connection_limits {
+        keys.push("[connection_limits]");
+    }
+    if running.shutdown_drain != new.shutdown_drain {
+        keys.push("shutdown_drain_seconds");
+    }
     keys
 }
 

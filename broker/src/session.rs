@@ -29,6 +29,9 @@ pub struct Sessions {
     clock: Arc<dyn Clock>,
     /// `[refresh] ahead_share`, to schedule the first background refresh after a login.
     ahead_share: f64,
+    /// Logouts and revokes run as tasks of their own, so they finish whatever their caller
+    /// does (a deadline, a hang-up); shutdown waits for them (see `session/end.rs`).
+    ends: tokio_util::task::TaskTracker,
 }
 
 /// One account in the status report. Never carries a token.
@@ -60,7 +63,14 @@ impl Sessions {
             store,
             clock,
             ahead_share,
+            ends: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Resolves once no logout or revoke is running (the shutdown drain waits on it).
+    pub async fn finish_ends(&self) {
+        self.ends.close();
+        self.ends.wait().await;
     }
 
     /// Loads every account's refresh token from the store, so a restarted broker serves

@@ -46,7 +46,7 @@ impl BrokerService {
         request: Request<pb::LogoutDeviceRequest>,
     ) -> Result<pb::LogoutDeviceResponse, BrokerError> {
         let who = self.authorize(&request, "LogoutDevice", Action::Admin)?;
-        let outcome = self.sessions.end_device(EndMode::Logout).await;
+        let outcome = self.sessions.end_device(EndMode::Logout).await?;
         let complete = outcome.complete(EndMode::Logout);
         self.audit.admin(
             &who.peer,
@@ -69,7 +69,7 @@ impl BrokerService {
         let who = self.authorize(&request, "Revoke", Action::Admin)?;
         let body = request.get_ref();
         let outcome = if body.all {
-            self.sessions.end_device(EndMode::Revoke).await
+            self.sessions.end_device(EndMode::Revoke).await?
         } else {
             self.account_slot(&body.account)?;
             let account = self

@@ -4,10 +4,15 @@
 //! 1. end the session epoch in memory at once (tokens out of memory and zeroized on drop,
 //!    watchers told `logged-out`, a refresh or login in flight can no longer commit);
 //! 2. take the flight slot, so whatever was in flight has finished before the store is touched;
-//! 3. tell the upstream through the configured revocation path (bounded by the request timeout);
-//! 4. delete the store entry.
+//! 3. delete the store entry (having read the refresh token from it if memory had none), so
+//!    that a slow or hanging upstream in step 4 cannot leave it behind;
+//! 4. tell the upstream through the configured revocation path (bounded by the request timeout).
 //!
-//! A logout treats step 3 as best effort; a revoke requires it and reports it as incomplete
+//! The steps run in a task of their own (tracked, so shutdown drains it): a caller that gives
+//! up (a client deadline, a hang-up) drops only its wait for the answer, never a step, so a
+//! session ended in memory is always ended in the store too (issue 11, defect 2).
+//!
+//! A logout treats step 4 as best effort; a revoke requires it and reports it as incomplete
 //! when it fails, but the local steps happen either way. Per-account audit events go to the
 //! `audit` target. Never logs a token.
 
@@ -17,6 +22,8 @@ use crate::error::BrokerError;
 use crate::secret::RefreshToken;
 use crate::store::StoreError;
 use crate::upstream::Revocation;
+use std::future::Future;
+use std::sync::Arc;
 
 /// Why a session is being ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,18 +112,45 @@ impl DeviceOutcome {
 impl Sessions {
     /// Ends `account`'s session. Ending a logged-out account succeeds and says so.
     pub async fn end_account(
-        &self,
+        self: &Arc<Self>,
         account: &str,
         mode: EndMode,
     ) -> Result<AccountOutcome, BrokerError> {
-        let slot = self.slot(account)?;
-        Ok(self.end_slot(slot, mode).await)
+        let slot = Arc::clone(self.slot(account)?);
+        let this = Arc::clone(self);
+        self.run_to_the_end(mode, async move { this.end_slot(&slot, mode).await })
+            .await
     }
 
     /// Ends every configured account's session, then deletes every entry this broker's
     /// service still has in the store (accounts no longer in the config). One failing account
     /// does not stop the others.
-    pub async fn end_device(&self, mode: EndMode) -> DeviceOutcome {
+    pub async fn end_device(self: &Arc<Self>, mode: EndMode) -> Result<DeviceOutcome, BrokerError> {
+        let this = Arc::clone(self);
+        self.run_to_the_end(mode, async move { this.end_device_now(mode).await })
+            .await
+    }
+
+    /// Runs `steps` in a tracked task of its own and waits for its outcome: dropping this
+    /// future (the caller's deadline passed) leaves the task running to its end.
+    async fn run_to_the_end<T: Send + 'static>(
+        &self,
+        mode: EndMode,
+        steps: impl Future<Output = T> + Send + 'static,
+    ) -> Result<T, BrokerError> {
+        self.ends.spawn(steps).await.map_err(|e| {
+            // A panic message is not for clients: logged here only.
+            tracing::error!(action = mode.as_str(), error = %e, "the task ending a session failed");
+            BrokerError::Internal {
+                what: match mode {
+                    EndMode::Logout => "the logout",
+                    EndMode::Revoke => "the revoke",
+                },
+            }
+        })
+    }
+
+    async fn end_device_now(&self, mode: EndMode) -> DeviceOutcome {
         let mut accounts = Vec::new();
         for slot in self.cache.slots() {
             accounts.push(self.end_slot(slot, mode).await);
@@ -186,6 +220,8 @@ impl Sessions {
             Some(token) => Ok(Some(token)),
             None => self.store.load(&account).await,
         };
+        // Before the upstream call, which may be slow or hang until its timeout.
+        let deleted = self.store.delete(&account).await;
         let upstream = match &refresh {
             Ok(Some(token)) => Some(self.upstream.revoke(token).await),
             Ok(None) => None,
@@ -198,9 +234,8 @@ impl Sessions {
             _ => String::new(),
         };
         let had_refresh = matches!(refresh, Ok(Some(_)));
-        // The token is zeroized here, before the store step: nothing needs it any more.
+        // Zeroized here: nothing needs it any more.
         drop(refresh);
-        let deleted = self.store.delete(&account).await;
         let outcome = AccountOutcome {
             was_logged_in: had_refresh || had_access || matches!(deleted, Ok(true)),
             store_entry_deleted: deleted.is_ok(),

@@ -200,6 +200,10 @@ async fn blacklist(shared: &Shared, req: Request<Incoming>) -> Outcome {
     if !shared.knobs.state().revoke_path_enabled {
         return Ok(not_found());
     }
+    let delay = shared.knobs.state().blacklist_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(outcome) = injected(shared, Endpoint::Blacklist) {
         return outcome;
     }

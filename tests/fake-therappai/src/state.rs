@@ -88,6 +88,7 @@ pub(crate) struct KnobState {
     pub(crate) down: bool,
     pub(crate) refresh_delay: Duration,
     pub(crate) refresh_reply_delay: Duration,
+    pub(crate) blacklist_delay: Duration,
     pub(crate) malformed_refresh: bool,
     pub(crate) refresh_missing_access: bool,
     pub(crate) revoke_path_enabled: bool,
@@ -111,6 +112,7 @@ impl Knobs {
                 down: false,
                 refresh_delay: Duration::ZERO,
                 refresh_reply_delay: Duration::ZERO,
+                blacklist_delay: Duration::ZERO,
                 malformed_refresh: false,
                 refresh_missing_access: false,
                 revoke_path_enabled: true,
@@ -208,6 +210,12 @@ impl Knobs {
     /// which a crashed client has lost a rotation the server already made (SimpleJWT's order).
     pub fn set_refresh_reply_delay(&self, delay: Duration) {
         self.state().refresh_reply_delay = delay;
+    }
+
+    /// Holds every blacklist (revocation) request this long before handling it (counted in
+    /// `blacklist_calls` on arrival): a slow therappai behind a logout or revoke.
+    pub fn set_blacklist_delay(&self, delay: Duration) {
+        self.state().blacklist_delay = delay;
     }
 
     /// `/refresh/` answers `200` with a body that is not JSON. The token is not consumed.
