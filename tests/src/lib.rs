@@ -11,6 +11,7 @@
 )]
 
 pub mod broker;
+pub mod grpcurl;
 pub mod keyring;
 pub mod npm_packages;
 pub mod openbao;

