@@ -90,6 +90,10 @@ pub struct SlotState {
     /// Fingerprint of the refresh token the last ended session held: a fleet's entry that
     /// still holds it is that session, about to be marked ended, not a new login to follow.
     pub ended_refresh: Option<String>,
+    /// Fleet (`vault` store) only: memory holds a rotated refresh token OpenBao does not have
+    /// yet; this is the fingerprint of the token it was rotated from, which the fleet's entry
+    /// still holds. Until it is written, memory is newer than the entry.
+    pub fleet_pending_from: Option<String>,
     /// Session generation, bumped by [`SlotState::end_session`] (see the module doc).
     epoch: u64,
     events: broadcast::Sender<SessionEvent>,
@@ -151,6 +155,7 @@ impl SlotState {
         let refresh = self.refresh.take();
         self.refresh_stored = false;
         self.store_problem = None;
+        self.fleet_pending_from = None;
         self.refresh_due = None;
         self.next_attempt_at = None;
         self.access_served = false;
@@ -227,6 +232,7 @@ impl AccountSlot {
                 last_refresh: None,
                 needs_login_reason: None,
                 ended_refresh: None,
+                fleet_pending_from: None,
                 epoch: 0,
                 events,
                 wake: Arc::clone(&wake),

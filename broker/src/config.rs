@@ -439,6 +439,19 @@ impl Config {
 
         let store = raw.store.validate(service).map_err(invalid)?;
         let upstream = validate_upstream(raw.upstream).map_err(invalid)?;
+        if let Some(vault) = &store.vault {
+            // A lease shorter than one upstream call lets another broker refresh while the
+            // holder's call is still out: two refreshes, and the loser's rotation kills the
+            // session. Each attempt must fit in the lease with room for the write-back.
+            let least = upstream.request_timeout + Duration::from_secs(2);
+            if vault.lease < least {
+                return Err(invalid(format!(
+                    "[store.vault] lease_seconds ({}) must be at least [upstream] request_timeout_seconds + 2 ({} s), so a refresh can finish within its lease",
+                    vault.lease.as_secs(),
+                    least.as_secs()
+                )));
+            }
+        }
         let socket_access =
             validate_socket_access(raw.socket_group, raw.socket_mode).map_err(invalid)?;
         let login_limits = validate_login_limits(raw.login_limits).map_err(invalid)?;

@@ -134,12 +134,10 @@ impl Daemon {
             config.refresh.ahead_share,
         ));
         sessions.restore().await;
-        let refresher = Arc::new(Refresher::new(
-            upstream,
-            store,
-            Arc::clone(&clock),
-            config.refresh.clone(),
-        ));
+        let refresher = Arc::new(
+            Refresher::new(upstream, store, Arc::clone(&clock), config.refresh.clone())
+                .with_attempt_budget(config.upstream.request_timeout),
+        );
         let login_limiter = Arc::new(SharedLimiter::new(
             config.login_limits.clone(),
             Arc::clone(&clock),

@@ -14,6 +14,8 @@ const EMAIL: &str = "fleet@example.com";
 const PASSWORD: &str = "the-fleets-long-password";
 /// How often the test brokers look for changes made by the others.
 const POLL_SECONDS: u64 = 1;
+/// `[upstream] request_timeout_seconds` of the test brokers (a lease must be 2 s longer).
+const UPSTREAM_TIMEOUT_SECONDS: u64 = 3;
 /// How long a test broker may hold the refresh lease: short, so a takeover costs little.
 const LEASE_SECONDS: u64 = 5;
 /// The lease while the Raft leader dies: longer than an election under load takes, as in
@@ -51,6 +53,8 @@ async fn fleet_with_lease(
     let brokers = (0..n)
         .map(|_| {
             let mut options = BrokerOptions::new(StoreKind::Vault, EMAIL);
+            // The lease must outlast one upstream call plus the write-back (checked at start).
+            options.request_timeout_seconds = UPSTREAM_TIMEOUT_SECONDS;
             options.extra_config = store_section(bao, &role, &prefix, POLL_SECONDS, lease_seconds);
             Broker::start(options, &fake.base_url(), &fake.ca_pem())
         })
@@ -189,7 +193,7 @@ async fn a_policy_that_forbids_the_prefix_is_a_start_error_naming_path_and_capab
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = fake.write_ca_file(dir.path()).expect("write the fake's CA");
     let config = format!(
-        "socket = \"{{dir}}/broker.sock\"\n[store]\nbackend = \"vault\"\n[upstream]\nbase_url = \"{}\"\nca_file = \"{}\"\n[[account]]\nname = \"default\"\nemail = \"{EMAIL}\"\n{}",
+        "socket = \"{{dir}}/broker.sock\"\n[store]\nbackend = \"vault\"\n[upstream]\nbase_url = \"{}\"\nca_file = \"{}\"\nrequest_timeout_seconds = {UPSTREAM_TIMEOUT_SECONDS}\n[[account]]\nname = \"default\"\nemail = \"{EMAIL}\"\n{}",
         fake.base_url(),
         ca.display(),
         store_section(&bao, &role, &prefix, POLL_SECONDS, LEASE_SECONDS)
@@ -333,6 +337,10 @@ async fn a_holder_killed_mid_refresh_is_taken_over_once_its_lease_runs_out() {
         fake.counters().refresh_calls,
         before + 2,
         "one refresh by the dead holder, one by the broker that took over: no loop"
+    );
+    assert!(
+        waited >= Duration::from_secs(LEASE_SECONDS - 1),
+        "broker B respected the dead holder's lease ({LEASE_SECONDS} s): it took over after {waited:?}"
     );
     assert!(
         waited <= Duration::from_secs(LEASE_SECONDS + 5),
@@ -487,6 +495,7 @@ async fn the_openbao_token_is_renewed_and_replaced_by_a_new_login_past_its_max_t
     spec.token_max_ttl = Duration::from_secs(6);
     let role = bao.approle(&spec).await;
     let mut options = BrokerOptions::new(StoreKind::Vault, EMAIL);
+    options.request_timeout_seconds = UPSTREAM_TIMEOUT_SECONDS;
     options.extra_config = store_section(&bao, &role, &prefix, POLL_SECONDS, LEASE_SECONDS);
     let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
     broker.login("default", PASSWORD).await;
@@ -496,7 +505,10 @@ async fn the_openbao_token_is_renewed_and_replaced_by_a_new_login_past_its_max_t
     loop {
         let log = std::fs::read_to_string(&broker.log_path).expect("log");
         let logins = log.matches("logged in to OpenBao with AppRole").count();
-        if logins >= 2 && log.contains("renewed the OpenBao token") {
+        if logins >= 2
+            && log.contains("renewed the OpenBao token")
+            && log.contains("could not be renewed; logging in again")
+        {
             break;
         }
         assert!(

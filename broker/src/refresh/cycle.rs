@@ -16,6 +16,7 @@ impl Refresher {
         slot: &AccountSlot,
         epoch: u64,
         refresh: &RefreshToken,
+        lease_until: Option<std::time::SystemTime>,
     ) -> Result<Refreshed, UpstreamError> {
         let account = slot.config.name.as_str();
         let (_, mut events) = slot.subscribe(self.clock.now());
@@ -26,6 +27,15 @@ impl Refresher {
             if slot.epoch() != epoch {
                 return Err(UpstreamError::Unavailable {
                     reason: "the session ended".to_owned(),
+                });
+            }
+            // A fleet's holder starts no attempt that could outlast its lease: past the lease
+            // another broker may refresh, and two refreshes of one token lose the session.
+            if let Some(until) = lease_until
+                && self.clock.now() + self.attempt_budget + super::fleet::WRITE_BACK_MARGIN > until
+            {
+                return Err(UpstreamError::Unavailable {
+                    reason: "the fleet's refresh lease would run out before therappai could answer; another broker may take over".to_owned(),
                 });
             }
             let err = match self.upstream.refresh(refresh).await {

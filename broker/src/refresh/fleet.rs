@@ -22,7 +22,7 @@ use crate::error::BrokerError;
 use crate::secret::RefreshToken;
 use crate::store::StoreError;
 use crate::store::vault::entry::{Entry, Lease};
-use crate::store::vault::{Read, VaultStore, Written};
+use crate::store::vault::{Pending, Read, VaultStore, Written};
 use crate::upstream::{IssuedAccess, Refreshed};
 use std::time::{Duration, SystemTime};
 
@@ -31,11 +31,13 @@ const POLL: Duration = Duration::from_millis(150);
 /// Check-and-set rounds before a broker gives up for this request (each lost round means
 /// another broker made progress).
 const MAX_ROUNDS: usize = 8;
+/// After OpenBao failed a fleet step, how long queued callers are answered at once.
+const OPENBAO_PAUSE: Duration = Duration::from_secs(2);
 /// Reads retried while OpenBao is unavailable (250 ms, doubling: about 1.75 s in all).
 const ELECTION_RETRIES: usize = 3;
 /// A write-back is not retried this close to the end of the lease (another broker may
 /// take over then).
-const WRITE_BACK_MARGIN: Duration = Duration::from_secs(1);
+pub(super) const WRITE_BACK_MARGIN: Duration = Duration::from_secs(1);
 
 /// The lease this broker holds for one refresh.
 #[derive(Debug)]
@@ -71,7 +73,11 @@ impl Refresher {
             account: account.to_owned(),
             source,
         };
-        for _ in 0..MAX_ROUNDS {
+        for round in 0..MAX_ROUNDS {
+            // A rotation only memory holds goes to the entry first: memory is newer.
+            self.settle_pending(fleet, slot, epoch)
+                .await
+                .map_err(store_error)?;
             let read = self
                 .read_riding_out_elections(fleet, account)
                 .await
@@ -82,9 +88,11 @@ impl Refresher {
             if let Some(served) = self.answer_from_cache(slot, need, now) {
                 return Ok(Turn::Served(served));
             }
-            if let Some(lease) = entry.leased_by_other(fleet.id(), now) {
+            if let Some(lease) = entry.lease.as_ref().filter(|l| l.holder != fleet.id())
+                && let Some(until) = self.lease_runs_until(fleet, account, version, lease, now)
+            {
                 tracing::debug!(account, holder = %lease.holder, "another broker is refreshing; waiting for its result");
-                self.wait_for_change(fleet, account, version, lease.until)
+                self.wait_for_change(fleet, account, version, until)
                     .await
                     .map_err(store_error)?;
                 continue;
@@ -116,7 +124,8 @@ impl Refresher {
                     }));
                 }
                 Written::Conflict => {
-                    tracing::debug!(account, "lost the race for the refresh lease; re-reading")
+                    tracing::debug!(account, "lost the race for the refresh lease; re-reading");
+                    crate::store::vault::conflict_pause(round).await;
                 }
             }
         }
@@ -140,16 +149,28 @@ impl Refresher {
         let account = slot.config.name.as_str();
         let now = self.clock.now();
         let ended_here = slot.state().ended_refresh.clone();
+        // The session this broker ended (a logout whose record is on its way, or a token
+        // therappai rejected whose mark failed): never taken back, whatever its state says.
+        if let Some(ended) = &ended_here
+            && read
+                .entry
+                .as_ref()
+                .and_then(|e| e.refresh.as_ref())
+                .is_some_and(|r| r.fingerprint() == *ended)
+        {
+            let state = slot.state();
+            return Err(match (state.session(), &state.needs_login_reason) {
+                (SessionState::NeedsLogin, Some(reason)) => BrokerError::NeedsLogin {
+                    account: account.to_owned(),
+                    reason: reason.clone(),
+                },
+                _ => BrokerError::NotLoggedIn {
+                    account: account.to_owned(),
+                },
+            });
+        }
         let mut entry = match read.entry {
-            // The session this broker ended, whose logout record is on its way: not a login.
-            Some(entry)
-                if entry
-                    .refresh
-                    .as_ref()
-                    .is_some_and(|r| Some(r.fingerprint()) != ended_here) =>
-            {
-                entry
-            }
+            Some(entry) if entry.refresh.is_some() => entry,
             other => {
                 let reason = match other.and_then(|e| e.ended) {
                     Some(ended) => format!(
@@ -175,6 +196,14 @@ impl Refresher {
         };
         let access = entry.access.take();
         let adopted = slot.update_if_current(epoch, |state| {
+            // Memory holds the rotation of the entry's token that OpenBao has not got yet:
+            // memory is newer (settle_pending writes it).
+            let pending_over_this = state.fleet_pending_from.is_some()
+                && state.fleet_pending_from
+                    == entry.refresh.as_ref().map(RefreshToken::fingerprint);
+            if pending_over_this {
+                return;
+            }
             let same = state.refresh.as_ref() == entry.refresh.as_ref();
             if !same {
                 state.refresh = entry.refresh.as_ref().map(RefreshToken::duplicate);
@@ -207,6 +236,153 @@ impl Refresher {
         Ok(entry)
     }
 
+    /// Until when this broker lets `lease` (seen at entry `version`) stand, by its own clock:
+    /// a full lease from when it first saw that version, so neither a holder's fast clock nor
+    /// a waiter's can make it steal or wait forever. `None`: the lease is long gone (its
+    /// `until` more than a lease in the past even allowing for that much skew): take over.
+    fn lease_runs_until(
+        &self,
+        fleet: &VaultStore,
+        account: &str,
+        version: u64,
+        lease: &Lease,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        if lease.until + fleet.lease() < now {
+            return None;
+        }
+        let mut seen = self.lease_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let first = match seen.get(account) {
+            Some((v, at)) if *v == version => *at,
+            _ => {
+                seen.insert(account.to_owned(), (version, now));
+                now
+            }
+        };
+        let until = first + fleet.lease();
+        (until > now).then_some(until)
+    }
+
+    /// Writes a rotation only memory holds (a write-back that failed) over the token it was
+    /// rotated from; drops it when the fleet moved on meanwhile (a logout, a new login), so a
+    /// late write never revives or overwrites a session. No-op when nothing is pending.
+    pub(super) async fn settle_pending(
+        &self,
+        fleet: &VaultStore,
+        slot: &AccountSlot,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        let account = slot.config.name.as_str();
+        let (token, from) = {
+            let state = slot.state();
+            match (&state.fleet_pending_from, &state.refresh) {
+                (Some(from), Some(token)) => (token.duplicate(), from.clone()),
+                _ => return Ok(()),
+            }
+        };
+        let outcome = match fleet.write_pending(account, &token, &from).await {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                slot.update_if_current(epoch, |state| state.store_problem = Some(err.to_string()));
+                return Err(err);
+            }
+        };
+        let now = self.clock.now();
+        if outcome == Pending::Written {
+            tracing::info!(account, refresh_sha256 = %token.fingerprint(), "the rotated refresh token is now in the fleet's entry");
+            slot.update_if_current(epoch, |state| {
+                if state.refresh.as_ref() == Some(&token) {
+                    state.fleet_pending_from = None;
+                    state.store_problem = None;
+                    state.refresh_stored = true;
+                }
+            });
+            return Ok(());
+        }
+        tracing::warn!(
+            account,
+            ?outcome,
+            "the fleet's session changed while this broker held an unstored rotation; dropping it"
+        );
+        slot.update_if_current(epoch, |state| {
+            if state.refresh.as_ref() == Some(&token) {
+                state.refresh = None;
+                state.fleet_pending_from = None;
+                state.store_problem = None;
+                state.refresh_stored = false;
+                state.access = None;
+            }
+        });
+        let revoked = self.upstream.revoke(&token).await;
+        tracing::info!(account, refresh_sha256 = %token.fingerprint(), ?revoked, "revoked the dropped rotation");
+        if outcome == Pending::Ended {
+            slot.update_if_current(epoch, |state| {
+                state.end_session(
+                    SessionState::LoggedOut,
+                    now,
+                    "the session was ended elsewhere in the fleet",
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// Keeps a refresh's result whose write-back failed in memory only, unserved: no caller
+    /// may use an access token the fleet's entry could lose. `settle_pending` writes it.
+    pub(super) fn keep_pending(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        claim: &Claim,
+        refreshed: Refreshed,
+        err: &StoreError,
+    ) -> BrokerError {
+        let account = slot.config.name.as_str();
+        let now = self.clock.now();
+        tracing::error!(account, error = %err, "could not write the refresh's result to OpenBao; keeping the rotated token in memory, unserved, and writing it when OpenBao answers");
+        slot.update_if_current(epoch, |state| {
+            if let Some(rotated) = refreshed.rotated {
+                state.refresh = Some(rotated);
+                state.generation += 1;
+                state.fleet_pending_from = Some(claim.refresh.fingerprint());
+                state.refresh_stored = false;
+                state.store_problem = Some(err.to_string());
+            }
+            state.access = None;
+            state.last_refresh = Some((now, err.to_string()));
+            state.set_session(SessionState::Active, now, "");
+        });
+        BrokerError::UpstreamUnavailable {
+            account: account.to_owned(),
+            reason: format!(
+                "the refreshed token could not be stored in the fleet's OpenBao ({err}); the broker keeps it and stores it as soon as OpenBao answers"
+            ),
+        }
+    }
+
+    /// A fleet step that failed on OpenBao: the callers queued behind this one are answered
+    /// at once for a short while instead of each waiting on OpenBao again.
+    pub(super) fn fleet_unavailable(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        err: BrokerError,
+    ) -> BrokerError {
+        if let BrokerError::Store { source, .. } = &err
+            && source.is_unavailable()
+        {
+            let now = self.clock.now();
+            slot.update_if_current(epoch, |state| {
+                state.next_attempt_at = Some(now + OPENBAO_PAUSE);
+                state.last_refresh = Some((now, source.to_string()));
+                if state.session() == SessionState::Refreshing {
+                    state.set_session(SessionState::Active, now, "");
+                }
+            });
+        }
+        err
+    }
+
     /// Puts an access token the fleet issued into memory, scheduled like one of our own.
     fn install_access(
         &self,
@@ -226,8 +402,9 @@ impl Refresher {
         state.wake_scheduler();
     }
 
-    /// Reads the entry, trying again for about a second when OpenBao is unavailable: a Raft
-    /// cluster elects a new leader in about that time, and callers should not see it.
+    /// Reads the entry, trying again for about two seconds when OpenBao is unavailable: a
+    /// Raft cluster usually elects a new leader in 2-5 s (measured on loopback), and callers
+    /// should see as little of it as possible.
     async fn read_riding_out_elections(
         &self,
         fleet: &VaultStore,
@@ -311,10 +488,13 @@ impl Refresher {
                 Err(err) => return Err(err),
             }
             let read = fleet.read(account).await?;
-            let ours = read
-                .entry
-                .as_ref()
-                .is_some_and(|e| e.refresh.as_ref() == Some(&claim.refresh));
+            let held = read.entry.as_ref().and_then(|e| e.refresh.as_ref());
+            // The write went through although its answer was lost (and the retry on another
+            // node saw the new version): the entry holds this very result.
+            if held == Some(refresh) && read.entry.as_ref().is_some_and(|e| e.lease.is_none()) {
+                return Ok(None);
+            }
+            let ours = held == Some(&claim.refresh);
             if !ours {
                 tracing::warn!(
                     account,

@@ -73,6 +73,12 @@ pub struct Refresher {
     /// The detached cycles, so shutdown can let them finish (a rotation half done at
     /// therappai must reach the store).
     cycles: TaskTracker,
+    /// Bound on one upstream attempt (`[upstream] request_timeout_seconds`): a fleet's holder
+    /// starts an attempt only if it can finish within the lease.
+    attempt_budget: Duration,
+    /// Fleet only: when this broker first saw each account's current lease (its entry
+    /// version), so a lease runs out by this machine's clock, never by the holder's.
+    lease_seen: std::sync::Mutex<std::collections::HashMap<String, (u64, SystemTime)>>,
 }
 
 impl Refresher {
@@ -88,7 +94,16 @@ impl Refresher {
             clock,
             config,
             cycles: TaskTracker::new(),
+            attempt_budget: Duration::from_secs(10),
+            lease_seen: std::sync::Mutex::default(),
         }
+    }
+
+    /// Sets the bound on one upstream attempt (see `attempt_budget`).
+    #[must_use]
+    pub fn with_attempt_budget(mut self, budget: Duration) -> Self {
+        self.attempt_budget = budget;
+        self
     }
 
     /// Resolves once no refresh cycle is running (shutdown waits on it, within its grace).
@@ -177,9 +192,10 @@ impl Refresher {
         // be refreshing: see fleet.rs.
         let fleet = self.store.fleet().cloned();
         let claim = match &fleet {
-            Some(fleet) => match self.fleet_turn(fleet, slot, epoch, &need).await? {
-                fleet::Turn::Served(served) => return Ok(served),
-                fleet::Turn::Refresh(claim) => Some(claim),
+            Some(fleet) => match self.fleet_turn(fleet, slot, epoch, &need).await {
+                Ok(fleet::Turn::Served(served)) => return Ok(served),
+                Ok(fleet::Turn::Refresh(claim)) => Some(claim),
+                Err(err) => return Err(self.fleet_unavailable(slot, epoch, err)),
             },
             None => None,
         };
@@ -192,7 +208,13 @@ impl Refresher {
         });
         tracing::debug!(account, refresh_sha256 = %refresh.fingerprint(), ?need, "refreshing access token");
 
-        let result = match self.cycle(slot, epoch, &refresh).await {
+        let lease_until = claim.as_ref().map(|c| c.until);
+        let result = match self.cycle(slot, epoch, &refresh, lease_until).await {
+            // In a fleet the rejected token is re-read under the lease instead (end_session
+            // marks the entry ended only if it did not change since the claim).
+            Err(UpstreamError::TokenNotValid { detail }) if claim.is_some() => {
+                Err(UpstreamError::TokenNotValid { detail })
+            }
             Err(UpstreamError::TokenNotValid { detail }) => match self
                 .newer_stored_token(slot, epoch, &refresh)
                 .await
@@ -202,7 +224,7 @@ impl Refresher {
                 Some(newer) => {
                     tracing::info!(account, refresh_sha256 = %newer.fingerprint(), "rejected token was stale; retrying once with the newer stored one");
                     slot.update_if_current(epoch, |state| state.refresh = Some(newer.duplicate()));
-                    self.cycle(slot, epoch, &newer).await
+                    self.cycle(slot, epoch, &newer, None).await
                 }
                 None => Err(UpstreamError::TokenNotValid { detail }),
             },

@@ -39,15 +39,27 @@ impl Refresher {
                             tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token of the rotation that lost");
                         }
                         self.adopt(slot, epoch, won)?;
+                        let now = self.clock.now();
+                        slot.update_if_current(epoch, |state| {
+                            if state.session() == SessionState::Refreshing {
+                                state.set_session(SessionState::Active, now, "");
+                            }
+                        });
                         let need = super::Need::ValidFor(std::time::Duration::ZERO);
-                        return self.answer_from_cache(slot, &need, self.clock.now()).ok_or_else(|| {
+                        return self.answer_from_cache(slot, &need, now).ok_or_else(|| {
                             BrokerError::UpstreamUnavailable {
                                 account: account.to_owned(),
                                 reason: "another broker of the fleet rotated the session at the same time; try again".to_owned(),
                             }
                         });
                     }
-                    Err(err) => Some(Err(err)),
+                    // Nothing is served that the fleet's entry could lose.
+                    Err(err) => {
+                        if slot.epoch() != epoch {
+                            return Err(self.discard_stale(slot, refreshed).await);
+                        }
+                        return Err(self.keep_pending(slot, epoch, claim, refreshed, &err));
+                    }
                 }
             }
             _ => match &refreshed.rotated {
@@ -187,6 +199,13 @@ impl Refresher {
                         account,
                         "the rejected token was already replaced in the fleet's entry; the session lives on"
                     );
+                    let now = self.clock.now();
+                    slot.update_if_current(epoch, |state| {
+                        if state.refresh.as_ref() == Some(refresh) {
+                            state.refresh = None;
+                        }
+                        state.set_session(SessionState::Active, now, "");
+                    });
                     return BrokerError::UpstreamUnavailable {
                         account: account.to_owned(),
                         reason: "another broker of the fleet replaced the session's refresh token during this refresh; try again".to_owned(),
@@ -209,6 +228,8 @@ impl Refresher {
             state.needs_login_reason = Some(reason.clone());
             state.last_refresh = Some((now, reason.clone()));
             state.clear(SessionState::NeedsLogin, now, &reason);
+            // A fleet's entry may still hold it (the mark failed): never present it again.
+            state.ended_refresh = Some(refresh.fingerprint());
         });
         BrokerError::NeedsLogin {
             account: account.to_owned(),
@@ -253,12 +274,15 @@ impl Refresher {
                 _ => return,
             }
         };
-        let saved = match self.store.fleet() {
-            // A logout elsewhere since the failed write-back wins over this late write.
-            Some(fleet) => fleet.save_unless_ended(account, &pending).await.map(|_| ()),
-            None => self.store.save(account, &pending).await,
-        };
-        match saved {
+        if let Some(fleet) = self.store.fleet() {
+            // Only over the token it was rotated from: a logout or login since wins.
+            let epoch = slot.epoch();
+            if let Err(err) = self.settle_pending(fleet, slot, epoch).await {
+                tracing::warn!(account, error = %err, "the rotated refresh token is still not in the fleet's entry; will retry");
+            }
+            return;
+        }
+        match self.store.save(account, &pending).await {
             Ok(()) => {
                 tracing::info!(account, "the rotated refresh token is now in the store");
                 let mut state = slot.state();

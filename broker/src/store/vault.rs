@@ -30,6 +30,14 @@ use std::time::SystemTime;
 /// Check-and-set rounds before a write gives up (each lost round means another broker wrote).
 const MAX_CAS_ROUNDS: usize = 8;
 
+/// A short, growing, jittered pause after a lost check-and-set round, so brokers that raced
+/// do not race again in step (and a standby's lagging copy has time to catch up).
+pub async fn conflict_pause(round: usize) {
+    let base = 30 * (round as u64 + 1);
+    let jitter = rand::random::<u64>() % base.max(1);
+    tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
+}
+
 fn busy(op: Op) -> StoreError {
     StoreError::Vault {
         op,
@@ -42,7 +50,7 @@ fn busy(op: Op) -> StoreError {
 #[derive(Debug)]
 pub struct VaultStore {
     client: VaultClient,
-    /// Who this broker is in leases and tombstones: `host/pid`.
+    /// Who this broker is in leases and tombstones: `host/pid/nonce`.
     id: String,
     runtime: tokio::runtime::Handle,
 }
@@ -53,6 +61,17 @@ pub struct VaultStore {
 pub struct Read {
     pub version: u64,
     pub entry: Option<Entry>,
+}
+
+/// What became of a rotated token an earlier write-back could not store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    /// The entry holds it now.
+    Written,
+    /// The session was ended (or the entry removed) meanwhile: the token must be dropped.
+    Ended,
+    /// The entry holds another session (a new login): the token must be dropped.
+    Replaced,
 }
 
 /// The outcome of a check-and-set write.
@@ -120,7 +139,13 @@ impl VaultStore {
             .unwrap_or_else(|_| "unknown-host".to_owned());
         let store = Self {
             client: VaultClient::new(config)?,
-            id: format!("{host}/{}", std::process::id()),
+            // pid alone repeats across containers sharing a hostname (pid 1 in each) and
+            // across restarts; the nonce makes every broker process its own lease holder.
+            id: format!(
+                "{host}/{}/{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
             runtime,
         };
         store.block_on(store.check_policy())?;
@@ -233,6 +258,7 @@ impl VaultStore {
         let path = self.data_path(account);
         let answer = self.client.call(&op, Method::GET, &path, None).await?;
         if answer.status == StatusCode::NOT_FOUND {
+            self.absent_or_no_route(&op, &path, &answer)?;
             // Never written, or its newest version deleted by hand: a write still needs the
             // current version.
             let version = self.version(account).await?.unwrap_or(0);
@@ -287,28 +313,36 @@ impl VaultStore {
         let path = self.metadata_path(account);
         let answer = self.client.call(&op, Method::GET, &path, None).await?;
         if answer.status == StatusCode::NOT_FOUND {
+            self.absent_or_no_route(&op, &path, &answer)?;
             return Ok(None);
         }
         let meta: KvMetadata = self.expect_ok(&op, &path, "read", &answer)?.json(&op)?;
         Ok(Some(meta.data.current_version))
     }
 
-    /// Writes a rotated refresh token that an earlier write-back could not, unless the
-    /// session was ended meanwhile (a logout wins over a late write). Ok(false): ended.
-    pub async fn save_unless_ended(
+    /// Writes a rotated refresh token that an earlier write-back could not store, if the
+    /// entry still holds the token it was rotated from (fingerprint `from`): anything else
+    /// means the fleet moved on (a logout, a new login) and the late token must not win.
+    pub async fn write_pending(
         &self,
         account: &str,
         token: &RefreshToken,
-    ) -> Result<bool, StoreError> {
-        for _ in 0..MAX_CAS_ROUNDS {
+        from: &str,
+    ) -> Result<Pending, StoreError> {
+        for round in 0..MAX_CAS_ROUNDS {
             let read = self.read(account).await?;
-            if read.entry.as_ref().is_some_and(|e| e.ended.is_some()) {
-                return Ok(false);
+            let held = read.entry.as_ref().and_then(|e| e.refresh.as_ref());
+            match held {
+                None => return Ok(Pending::Ended),
+                Some(held) if held == token => return Ok(Pending::Written),
+                Some(held) if held.fingerprint() != from => return Ok(Pending::Replaced),
+                Some(_) => {}
             }
             let entry = Entry::session(token.duplicate(), &self.id);
             if let Written::Version(_) = self.write(account, &entry, read.version).await? {
-                return Ok(true);
+                return Ok(Pending::Written);
             }
+            conflict_pause(round).await;
         }
         Err(busy(Op::Save(account.to_owned())))
     }
@@ -316,7 +350,7 @@ impl VaultStore {
     /// Writes a tombstone over whatever version is there (a logout wins over everything).
     /// Ok(true) when a live session's entry was ended.
     pub async fn end(&self, account: &str, reason: &str) -> Result<bool, StoreError> {
-        for _ in 0..MAX_CAS_ROUNDS {
+        for round in 0..MAX_CAS_ROUNDS {
             let read = self.read(account).await?;
             match read.entry {
                 None => return Ok(false),
@@ -326,6 +360,7 @@ impl VaultStore {
             if let Written::Version(_) = self.end_at(account, read.version, reason).await? {
                 return Ok(true);
             }
+            conflict_pause(round).await;
         }
         Err(busy(Op::Delete(account.to_owned())))
     }
@@ -351,6 +386,7 @@ impl VaultStore {
         let path = format!("{}/metadata/{}/?list=true", c.mount, c.prefix);
         let answer = self.client.call(op, Method::GET, &path, None).await?;
         if answer.status == StatusCode::NOT_FOUND {
+            self.absent_or_no_route(op, &path, &answer)?;
             return Ok(Vec::new());
         }
         let list: KvList = self.expect_ok(op, &path, "list", &answer)?.json(op)?;
@@ -363,6 +399,23 @@ impl VaultStore {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+
+    /// A 404 with an empty `errors` list is KV v2 saying "no such entry"; one with errors
+    /// ("no handler for route") means the mount is wrong, and must never read as "logged out".
+    fn absent_or_no_route(&self, op: &Op, path: &str, answer: &Answer) -> Result<(), StoreError> {
+        let errors = answer.errors();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Vault {
+            op: op.clone(),
+            problem: format!(
+                "OpenBao has no {path} ({errors}): check that [store.vault] mount = \"{}\" names a KV version 2 mount (`bao secrets list`)",
+                self.client.config.mount
+            ),
+            unavailable: false,
+        })
     }
 
     /// `answer` if it is a success; else the error an operator can act on.
@@ -423,12 +476,13 @@ impl Store for VaultStore {
     /// A login's refresh token replaces whatever the entry held (a new session for the fleet).
     fn save(&self, account: &str, token: &RefreshToken) -> Result<(), StoreError> {
         self.block_on(async {
-            for _ in 0..MAX_CAS_ROUNDS {
+            for round in 0..MAX_CAS_ROUNDS {
                 let read = self.read(account).await?;
                 let entry = Entry::session(token.duplicate(), &self.id);
                 if let Written::Version(_) = self.write(account, &entry, read.version).await? {
                     return Ok(());
                 }
+                conflict_pause(round).await;
             }
             Err(busy(Op::Save(account.to_owned())))
         })

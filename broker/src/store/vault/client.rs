@@ -16,6 +16,12 @@ use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// How often a 403 may make the broker log in again (see `forced_login_at`).
+const FORCED_LOGIN_EVERY: Duration = Duration::from_secs(30);
+/// A renewal that grants less than this means the token is near its max TTL: log in again
+/// at the next renewal time instead of renewing on every call.
+const SHORTEST_RENEWAL: u64 = 3;
+
 /// No legitimate OpenBao answer to the broker is larger (an entry holds two tokens).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
@@ -28,11 +34,16 @@ struct Held {
     renewable: bool,
 }
 
-/// One answer from OpenBao.
-#[derive(Debug)]
+/// One answer from OpenBao. Its body may hold tokens: `Debug` shows the status only.
 pub(super) struct Answer {
     pub status: StatusCode,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Answer(HTTP {}, [body redacted])", self.status.as_u16())
+    }
 }
 
 impl Answer {
@@ -64,12 +75,13 @@ impl Answer {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `Deserialize` only: it holds the OpenBao token in the clear until `held_from` moves it.
+#[derive(Deserialize)]
 struct AuthAnswer {
     auth: AuthBlock,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 struct AuthBlock {
     client_token: String,
     #[serde(default)]
@@ -85,6 +97,9 @@ pub(super) struct VaultClient {
     /// Index into `config.addresses` of the node to try first.
     current: AtomicUsize,
     token: tokio::sync::Mutex<Option<Held>>,
+    /// When the broker last logged in because OpenBao answered 403: a path the policy
+    /// forbids answers 403 too, and must not cost a login (and a secret_id use) every time.
+    forced_login_at: std::sync::Mutex<Option<Instant>>,
     /// The newest `X-Vault-Index` seen: sent back (with `X-Vault-Inconsistent:
     /// forward-active-node`) so a standby that has not caught up with this broker's last write
     /// forwards the request to the active node instead of answering with an older version.
@@ -137,6 +152,7 @@ impl VaultClient {
             config,
             current: AtomicUsize::new(0),
             token: tokio::sync::Mutex::new(None),
+            forced_login_at: std::sync::Mutex::new(None),
             index: std::sync::Mutex::new(None),
             active_checked: std::sync::Mutex::new(None),
         })
@@ -158,7 +174,18 @@ impl VaultClient {
         if answer.status != StatusCode::FORBIDDEN {
             return Ok(answer);
         }
-        // A policy refusal and a dead token both answer 403: a fresh login tells them apart.
+        // A policy refusal and a dead token both answer 403: a fresh login tells them apart,
+        // at most once per FORCED_LOGIN_EVERY.
+        {
+            let mut at = self
+                .forced_login_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if at.is_some_and(|t| t.elapsed() < FORCED_LOGIN_EVERY) {
+                return Ok(answer);
+            }
+            *at = Some(Instant::now());
+        }
         let token = self.token(op, true).await?;
         self.send(op, &method, path, body.as_ref(), Some(&token))
             .await
@@ -389,9 +416,40 @@ impl VaultClient {
             .get("X-Vault-Index")
             .and_then(|v| v.to_str().ok())
         {
-            *self.index.lock().unwrap_or_else(|p| p.into_inner()) = Some(index.to_owned());
+            let mut held = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            // Answers to concurrent calls arrive in any order: keep the newest index, or a
+            // standby could answer from before this broker's own last write.
+            let newer = match held.as_deref() {
+                Some(old) => match (raft_index(old), raft_index(index)) {
+                    (Some(old), Some(new)) => new >= old,
+                    _ => true,
+                },
+                None => true,
+            };
+            if newer {
+                *held = Some(index.to_owned());
+            }
         }
     }
+}
+
+/// The Raft index in an `X-Vault-Index` value (base64 of `{"cluster":…,"value":"N"}` in
+/// OpenBao 2.7), to tell which of two is newer.
+fn raft_index(header: &str) -> Option<u64> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct State {
+        value: String,
+    }
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(header)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(header))
+        .ok()?;
+    serde_json::from_slice::<State>(&json)
+        .ok()?
+        .value
+        .parse()
+        .ok()
 }
 
 fn held_from(auth: AuthBlock) -> Held {
@@ -401,7 +459,7 @@ fn held_from(auth: AuthBlock) -> Held {
     Held {
         token: VaultCredential::new(auth.client_token),
         renew_at,
-        renewable: auth.renewable,
+        renewable: auth.renewable && auth.lease_duration >= SHORTEST_RENEWAL,
     }
 }
 
