@@ -529,3 +529,52 @@ async fn the_openbao_token_is_renewed_and_replaced_by_a_new_login_past_its_max_t
         "OpenBao holds the logout record and no token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_that_could_not_be_written_is_kept_unserved_and_written_once_openbao_is_back() {
+    let mut bao = OpenBao::cluster(3).await;
+    let fake = rotating_fake().await;
+    let (brokers, _role, _prefix) = fleet_with_lease(&bao, &fake, 2, 12).await;
+    brokers[0].login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    // therappai rotates at once and answers late (within the upstream timeout); every
+    // OpenBao node dies in between, so the write-back cannot land within the lease.
+    fake.knobs().set_refresh_reply_delay(Duration::from_secs(2));
+    let before = fake.counters();
+    let mut holder = brokers[0].client().await;
+    let first = tokio::spawn(async move { holder.access_token("default").await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.counters().refresh_ok == before.refresh_ok {
+        assert!(
+            Instant::now() < deadline,
+            "the holder's refresh never reached therappai"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for node in 0..3 {
+        bao.kill(node);
+    }
+    fake.knobs().set_refresh_reply_delay(Duration::ZERO);
+    let err = first
+        .await
+        .expect("task")
+        .expect_err("an access token OpenBao could not record is not served");
+    assert!(
+        err.to_string()
+            .contains("could not be stored in the fleet's OpenBao"),
+        "{err}"
+    );
+
+    for node in 0..3 {
+        bao.restart(node).await;
+    }
+    // The rotated token reaches the entry: the other broker serves without a dead token ever
+    // being presented to therappai.
+    served_eventually(&brokers[1], Duration::from_secs(40)).await;
+    served_eventually(&brokers[0], Duration::from_secs(10)).await;
+    assert_eq!(
+        fake.counters().refresh_rejected,
+        before.refresh_rejected,
+        "the rotated token was not lost"
+    );
+}
