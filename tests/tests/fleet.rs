@@ -285,6 +285,19 @@ async fn an_unreachable_openbao_is_unavailable_with_the_address_named() {
     );
 }
 
+/// Waits until therappai has answered a refresh beyond the `before` count of successful ones
+/// (with rotation on, it has rotated and blacklisted the old token by then).
+async fn rotated_at_therappai(fake: &FakeTherappai, before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.counters().refresh_ok == before {
+        assert!(
+            Instant::now() < deadline,
+            "the holder's refresh never reached therappai"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until therappai has seen `n` refresh calls in all.
 async fn refresh_calls_reach(fake: &FakeTherappai, n: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -362,14 +375,7 @@ async fn a_holder_killed_after_therappai_rotated_costs_the_session_once_and_neve
     let before = fake.counters();
     let mut holder = brokers[0].client().await;
     let stuck = tokio::spawn(async move { holder.access_token("default").await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake.counters().refresh_ok == before.refresh_ok {
-        assert!(
-            Instant::now() < deadline,
-            "the holder's refresh never reached therappai"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    rotated_at_therappai(&fake, before.refresh_ok).await;
     brokers[0].kill();
     let _ = stuck.await;
     fake.knobs().set_refresh_reply_delay(Duration::ZERO);
@@ -543,14 +549,7 @@ async fn a_rotation_that_could_not_be_written_is_kept_unserved_and_written_once_
     let before = fake.counters();
     let mut holder = brokers[0].client().await;
     let first = tokio::spawn(async move { holder.access_token("default").await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake.counters().refresh_ok == before.refresh_ok {
-        assert!(
-            Instant::now() < deadline,
-            "the holder's refresh never reached therappai"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    rotated_at_therappai(&fake, before.refresh_ok).await;
     for node in 0..3 {
         bao.kill(node);
     }

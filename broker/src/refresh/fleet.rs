@@ -16,7 +16,7 @@
 //! another broker's rotation won and its result is adopted. A broker whose refresh token is
 //! rejected re-reads first and only ends the session if the entry did not change.
 
-use super::{MIN_AHEAD_INTERVAL, Refresher, schedule};
+use super::Refresher;
 use crate::cache::{AccountSlot, ServedToken, SessionState};
 use crate::error::BrokerError;
 use crate::secret::RefreshToken;
@@ -390,13 +390,7 @@ impl Refresher {
         now: SystemTime,
         access: IssuedAccess,
     ) {
-        let due = schedule::refresh_due(
-            access.received_at,
-            access.expires_at,
-            self.config.ahead_share,
-            rand::random(),
-        );
-        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
+        self.schedule_ahead(state, now, &access);
         state.access = Some(access);
         state.next_attempt_at = None;
         state.wake_scheduler();

@@ -9,7 +9,7 @@ use crate::error::BrokerError;
 use crate::jwt;
 use crate::secret::RefreshToken;
 use crate::store::StoreError;
-use crate::upstream::Refreshed;
+use crate::upstream::{IssuedAccess, Refreshed};
 use std::time::SystemTime;
 
 impl Refresher {
@@ -138,13 +138,7 @@ impl Refresher {
             }));
         }
         let access_sha = access.token.fingerprint();
-        let due = schedule::refresh_due(
-            access.received_at,
-            access.expires_at,
-            self.config.ahead_share,
-            rand::random(),
-        );
-        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
+        self.schedule_ahead(&mut state, now, &access);
         let served = ServedToken {
             token: access.token.duplicate(),
             expires_at: access.expires_at,
@@ -159,6 +153,23 @@ impl Refresher {
         drop(state);
         tracing::info!(account, access_sha256 = %access_sha, generation, expires_at = jwt::unix_seconds(served.expires_at), "access token refreshed");
         Ok(Ok(served))
+    }
+
+    /// When the background refresher replaces `access` (jittered share of its lifetime,
+    /// never sooner than [`MIN_AHEAD_INTERVAL`]).
+    pub(super) fn schedule_ahead(
+        &self,
+        state: &mut SlotState,
+        now: SystemTime,
+        access: &IssuedAccess,
+    ) {
+        let due = schedule::refresh_due(
+            access.received_at,
+            access.expires_at,
+            self.config.ahead_share,
+            rand::random(),
+        );
+        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
     }
 
     /// A refresh answered with an access token that cannot be served: none is cached, and
