@@ -233,6 +233,8 @@ async fn a_sealed_openbao_keeps_cached_tokens_served_then_says_unavailable_and_l
             "the cached token is still served with OpenBao sealed"
         );
     }
+    // The health service follows OpenBao (the watcher's rounds tell it).
+    health_becomes(&brokers[0], "NOT_SERVING", Duration::from_secs(15));
     // Once it expires, the fleet cannot refresh (it would need the entry): a clear error.
     let deadline = Instant::now() + Duration::from_secs(30);
     let err = loop {
@@ -261,6 +263,7 @@ async fn a_sealed_openbao_keeps_cached_tokens_served_then_says_unavailable_and_l
         bao.unseal(node).await;
     }
     let fresh = served_eventually(&brokers[2], Duration::from_secs(30)).await;
+    health_becomes(&brokers[0], "\"SERVING\"", Duration::from_secs(15));
     assert_ne!(fresh, token, "a new token after the old one expired");
     assert_eq!(fake.counters().refresh_rejected, 0);
 }
@@ -283,6 +286,26 @@ async fn an_unreachable_openbao_is_unavailable_with_the_address_named() {
         text.contains("no OpenBao node answered") && text.contains(&bao.address()),
         "the error names the node that did not answer: {text}"
     );
+}
+
+/// Waits until grpcurl's health check of `broker` prints `status`.
+fn health_becomes(broker: &Broker, status: &str, timeout: Duration) {
+    use therappai_broker_e2e::grpcurl::run_grpcurl;
+    let mut last = String::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, out, err) =
+            run_grpcurl(broker.socket_path(), None, &["grpc.health.v1.Health/Check"]);
+        if out.contains(status) {
+            return;
+        }
+        last = format!("{out}{err}");
+        assert!(
+            Instant::now() < deadline,
+            "health did not become {status} within {timeout:?}; last answer: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits until therappai has answered a refresh beyond the `before` count of successful ones

@@ -32,7 +32,12 @@ pub async fn watch_fleet(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(fleet.poll_interval() - jitter) => {}
         }
-        let version = match fleet.version(account).await {
+        let checked = fleet.version(account).await;
+        // Health and metrics follow OpenBao through these rounds.
+        refresher
+            .store
+            .observe(&crate::store::Op::Load(account.to_owned()), &checked);
+        let version = match checked {
             Ok(version) => version,
             Err(err) => {
                 misses += 1;

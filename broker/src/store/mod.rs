@@ -345,6 +345,15 @@ impl StoreHandle {
         self.fleet.as_ref()
     }
 
+    /// Tells the metrics (and so the health service) how a call made straight to the
+    /// fleet's store went, as [`StoreHandle::run`] does for the others.
+    pub fn observe<T>(&self, op: &Op, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => self.metrics.store_answered(),
+            Err(e) => self.metrics.store_failed(op, e.is_unavailable()),
+        }
+    }
+
     /// Reports every call's outcome to `metrics` (store errors, and availability, which the
     /// health service follows).
     #[must_use]

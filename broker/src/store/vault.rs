@@ -267,7 +267,23 @@ impl VaultStore {
                 entry: None,
             });
         }
-        let read: KvRead = self.expect_ok(&op, &path, "read", &answer)?.json(&op)?;
+        let answer = self.expect_ok(&op, &path, "read", &answer)?;
+        // The format first: a newer broker's entry may not even parse as this one's.
+        let format = answer
+            .json::<serde_json::Value>(&op)?
+            .pointer("/data/data/format")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if format > entry::FORMAT {
+            return Err(StoreError::Vault {
+                op: op.clone(),
+                problem: format!(
+                    "the OpenBao entry {path} was written in format {format} by a newer broker; upgrade this broker"
+                ),
+                unavailable: false,
+            });
+        }
+        let read: KvRead = answer.json(&op)?;
         let entry = match read.data.data {
             Some(raw) => Some(raw.into_entry().map_err(|why| StoreError::Vault {
                 op: op.clone(),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The format written; a broker refuses an entry of a newer one rather than misread it.
-const FORMAT: u64 = 1;
+pub(super) const FORMAT: u64 = 1;
 
 /// What one account's entry holds.
 #[derive(Debug, Default)]
