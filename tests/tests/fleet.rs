@@ -291,7 +291,6 @@ async fn an_unreachable_openbao_is_unavailable_with_the_address_named() {
 /// Waits until grpcurl's health check of `broker` prints `status`.
 fn health_becomes(broker: &Broker, status: &str, timeout: Duration) {
     use therappai_broker_e2e::grpcurl::run_grpcurl;
-    let mut last = String::new();
     let deadline = Instant::now() + timeout;
     loop {
         let (_, out, err) =
@@ -299,7 +298,7 @@ fn health_becomes(broker: &Broker, status: &str, timeout: Duration) {
         if out.contains(status) {
             return;
         }
-        last = format!("{out}{err}");
+        let last = format!("{out}{err}");
         assert!(
             Instant::now() < deadline,
             "health did not become {status} within {timeout:?}; last answer: {last}"
