@@ -288,6 +288,15 @@ async fn an_unreachable_openbao_is_unavailable_with_the_address_named() {
     );
 }
 
+/// The refresh token the fleet's entry of `default` below `prefix` holds (read as root).
+async fn stored_refresh(bao: &OpenBao, prefix: &str) -> String {
+    let reply = bao.read_kv(&format!("{prefix}/default")).await;
+    reply.body["data"]["data"]["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Waits until grpcurl's health check of `broker` prints `status`.
 fn health_becomes(broker: &Broker, status: &str, timeout: Duration) {
     use therappai_broker_e2e::grpcurl::run_grpcurl;
@@ -597,5 +606,52 @@ async fn a_rotation_that_could_not_be_written_is_kept_unserved_and_written_once_
         fake.counters().refresh_rejected,
         before.refresh_rejected,
         "the rotated token was not lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_by_a_broker_that_missed_a_rotation_revokes_the_fleets_newer_token_too() {
+    let bao = OpenBao::dev().await;
+    let fake = rotating_fake().await;
+    let prefix = format!("therappai-broker/{}", unique_name("stale"));
+    let role = bao.approle(&RoleSpec::new(&prefix)).await;
+    // Broker B looks at the entry only once a minute: it will miss A's rotation.
+    let brokers: Vec<Broker> = [POLL_SECONDS, 60]
+        .into_iter()
+        .map(|poll| {
+            let mut options = BrokerOptions::new(StoreKind::Vault, EMAIL);
+            options.request_timeout_seconds = UPSTREAM_TIMEOUT_SECONDS;
+            options.revoke_path = Some("/token/blacklist/".to_owned());
+            options.extra_config = store_section(&bao, &role, &prefix, poll, LEASE_SECONDS);
+            Broker::start(options, &fake.base_url(), &fake.ca_pem())
+        })
+        .collect();
+    brokers[0].login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    let first = brokers[1].token("default").await;
+    let r1 = stored_refresh(&bao, &prefix).await;
+    // A is told the token was rejected: it refreshes, therappai rotates R1 into R2.
+    let mut a = brokers[0].client().await;
+    let fingerprint = {
+        let mut b = brokers[1].client().await;
+        b.access_token("default")
+            .await
+            .expect("token")
+            .fingerprint()
+            .to_owned()
+    };
+    assert_eq!(brokers[1].token("default").await, first);
+    a.report_rejected("default", &fingerprint)
+        .await
+        .expect("a fresh token");
+    let r2 = stored_refresh(&bao, &prefix).await;
+    assert_ne!(r1, r2, "A rotated the fleet's refresh token");
+
+    let out = brokers[1].ctl(&["logout", "--account", "default"]).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(fake.is_refresh_blacklisted(&r1));
+    assert!(
+        fake.is_refresh_blacklisted(&r2),
+        "the fleet's newer token, which broker B never held, is revoked at therappai"
     );
 }

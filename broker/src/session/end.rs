@@ -220,15 +220,35 @@ impl Sessions {
             Some(token) => Ok(Some(token)),
             None => self.store.load(&account).await,
         };
+        // A fleet's entry may hold a newer rotation than this broker's memory (another broker
+        // rotated a moment ago): that one is the live session, and is revoked too.
+        let fleet_newer = match (self.store.fleet(), &refresh) {
+            (Some(fleet), Ok(mine)) => fleet
+                .read(&account)
+                .await
+                .ok()
+                .and_then(|read| read.entry)
+                .and_then(|entry| entry.refresh)
+                .filter(|held| Some(held) != mine.as_ref()),
+            _ => None,
+        };
         // Before the upstream call, which may be slow or hang until its timeout.
         let deleted = self.store.delete(&account).await;
-        let upstream = match &refresh {
+        let mut upstream = match &refresh {
             Ok(Some(token)) => Some(self.upstream.revoke(token).await),
             Ok(None) => None,
             Err(err) => Some(Revocation::Failed(format!(
                 "the refresh token could not be read from the store to revoke it ({err})"
             ))),
         };
+        if let Some(newer) = &fleet_newer {
+            let revoked = self.upstream.revoke(newer).await;
+            tracing::info!(account, refresh_sha256 = %newer.fingerprint(), ?revoked, "revoked the fleet's newer refresh token too");
+            // The outcome reported is the worse of the two.
+            if !matches!(revoked, Revocation::Done) || upstream.is_none() {
+                upstream = Some(revoked);
+            }
+        }
         let refresh_sha256 = match &refresh {
             Ok(Some(token)) => token.fingerprint(),
             _ => String::new(),
