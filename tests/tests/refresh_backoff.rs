@@ -138,3 +138,52 @@ async fn a_success_resets_the_pause_so_the_next_blip_is_short_too() {
         broker.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_pause_callers_queued_behind_a_failed_cycle_get_its_failure_not_a_cycle_each() {
+    let fake = fake_with_user(EMAIL, PASSWORD, Duration::ZERO).await;
+    let mut options = BrokerOptions::new(StoreKind::Keyutils, EMAIL);
+    options.refresh_section =
+        "[refresh]\nmax_attempts = 3\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\nfailure_backoff_seconds = 0\n"
+            .to_owned();
+    let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
+    broker.login("default", PASSWORD).await;
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    // A slow therappai keeps the failing cycle open (three attempts of 300 ms and more)
+    // while the other callers queue behind it.
+    fake.knobs().set_refresh_delay(Duration::from_millis(300));
+    fake.knobs().fail_next(Endpoint::Refresh, 3, 503);
+
+    let client = broker.client().await;
+    let mut callers = tokio::task::JoinSet::new();
+    let mut first = client.clone();
+    callers.spawn(async move { first.access_token("default").await.map(|_| ()) });
+    wait_until(
+        "the first caller's cycle to reach therappai",
+        Duration::from_secs(20),
+        || fake.counters().refresh_calls == 1,
+    );
+    for _ in 0..20 {
+        let mut client = client.clone();
+        callers.spawn(async move { client.access_token("default").await.map(|_| ()) });
+    }
+    while let Some(result) = callers.join_next().await {
+        let message = result
+            .expect("task")
+            .expect_err("every caller waited for the failing cycle")
+            .to_string();
+        assert!(message.contains("503"), "{message}");
+        assert!(message.contains("tries again from"), "{message}");
+    }
+    assert_eq!(
+        fake.counters().refresh_calls,
+        3,
+        "one cycle for all 21 callers, not one per queued caller"
+    );
+
+    // No pause is configured: the next caller starts a new cycle at once.
+    fake.knobs().set_refresh_delay(Duration::ZERO);
+    let token = broker.token("default").await;
+    assert!(fake.issued_tokens().contains(&token));
+    assert_eq!(fake.counters().refresh_calls, 4);
+}

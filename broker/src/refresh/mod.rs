@@ -154,7 +154,7 @@ impl Refresher {
     ) -> Result<ServedToken, BrokerError> {
         let _flight = match self.wait_for_cycle(slot, &need).await {
             Ok(flight) => flight,
-            Err(served) => return Ok(served),
+            Err(answer) => return answer,
         };
         // Declared after the guard, so dropped before it: waiters hear the cycle ended.
         let _done = CycleDone(&slot.cycle_done);
@@ -166,24 +166,8 @@ impl Refresher {
         if let Some(served) = self.answer_from_cache(slot, &need, now) {
             return Ok(served);
         }
-        // One lock for both reads (a guard in an `if let` scrutinee lives through its body).
-        let backoff = {
-            let state = slot.state();
-            state
-                .next_attempt_at
-                .filter(|next| *next > now)
-                .map(|next| {
-                    let last = state.last_refresh.as_ref().map(|(_, o)| o.clone());
-                    (next, last.unwrap_or_default())
-                })
-        };
-        if let Some((next, last)) = backoff {
-            return Err(BrokerError::UpstreamRetrying {
-                account: account.to_owned(),
-                reason: format!("the last refresh failed ({last})"),
-                retry_at: next,
-                retry_in: next.duration_since(now).unwrap_or_default(),
-            });
+        if let Some(paused) = self.failed_cycle_error(slot, now, false) {
+            return Err(paused);
         }
         // With a fleet's OpenBao, the fleet may have the token already, or another broker may
         // be refreshing: see fleet.rs.
@@ -310,14 +294,15 @@ impl Refresher {
         }
     }
 
-    /// Takes the flight slot. When a cycle holds it and ends first, answers from its result if
-    /// that serves `need` (every waiter at once, instead of one by one through the slot), and
-    /// queues for the slot only when it does not.
+    /// Takes the flight slot. When a cycle holds it and ends first, answers from its result
+    /// (every waiter at once, instead of one by one through the slot): its token if that
+    /// serves `need`, its failure if it failed; and queues for the slot only otherwise.
     async fn wait_for_cycle<'a>(
         &self,
         slot: &'a AccountSlot,
         need: &Need,
-    ) -> Result<tokio::sync::MutexGuard<'a, ()>, ServedToken> {
+    ) -> Result<tokio::sync::MutexGuard<'a, ()>, Result<ServedToken, BrokerError>> {
+        let failed_before = slot.state().failed_cycles;
         // Registered before the slot is tried, so the end of the cycle cannot be missed.
         let done = slot.cycle_done.notified();
         tokio::pin!(done);
@@ -329,10 +314,41 @@ impl Refresher {
             () = &mut done => {}
             flight = slot.flight.lock() => return Ok(flight),
         }
-        if let Some(served) = self.answer_from_cache(slot, need, self.clock.now()) {
-            return Err(served);
+        let now = self.clock.now();
+        if let Some(served) = self.answer_from_cache(slot, need, now) {
+            return Err(Ok(served));
+        }
+        // The cycle this caller waited for failed: that is its answer too, even when no pause
+        // is configured (`failure_backoff_seconds = 0`), or every waiter would run a full
+        // cycle of its own, one after another.
+        if slot.state().failed_cycles > failed_before
+            && let Some(failed) = self.failed_cycle_error(slot, now, true)
+        {
+            return Err(Err(failed));
         }
         Ok(slot.flight.lock().await)
+    }
+
+    /// The UNAVAILABLE for a caller that may not start a cycle because the last one failed:
+    /// while the pause after it runs, or (`even_after_the_pause`) for a caller that waited
+    /// for that very cycle. Says when the broker tries again.
+    fn failed_cycle_error(
+        &self,
+        slot: &AccountSlot,
+        now: SystemTime,
+        even_after_the_pause: bool,
+    ) -> Option<BrokerError> {
+        let state = slot.state();
+        let next = state
+            .next_attempt_at
+            .filter(|next| even_after_the_pause || *next > now)?;
+        let last = state.last_refresh.as_ref().map(|(_, o)| o.as_str());
+        Some(BrokerError::UpstreamRetrying {
+            account: slot.config.name.clone(),
+            reason: format!("the last refresh failed ({})", last.unwrap_or_default()),
+            retry_at: next,
+            retry_in: next.duration_since(now).unwrap_or_default(),
+        })
     }
 
     fn answer_from_cache(
