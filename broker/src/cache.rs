@@ -75,6 +75,9 @@ pub struct SlotState {
     pub refresh_due: Option<SystemTime>,
     /// After a failed refresh cycle: no new cycle starts before this time.
     pub next_attempt_at: Option<SystemTime>,
+    /// Refresh cycles that failed in a row since the last success (or the end of the session):
+    /// the pause after the next failure grows with it (see `refresh::schedule`).
+    pub failed_cycles: u32,
     /// The store has not been read for this account yet (start-up found it unreadable, e.g. a
     /// locked keyring): only then may the refresher look there for a token memory lacks. After
     /// a logout it must not, or a caller queued behind the logout would revive the session
@@ -158,6 +161,7 @@ impl SlotState {
         self.fleet_pending_from = None;
         self.refresh_due = None;
         self.next_attempt_at = None;
+        self.failed_cycles = 0;
         self.access_served = false;
         (had_access, refresh)
     }
@@ -227,6 +231,7 @@ impl AccountSlot {
                 generation: 0,
                 refresh_due: None,
                 next_attempt_at: None,
+                failed_cycles: 0,
                 access_served: false,
                 store_unread: true,
                 last_refresh: None,
@@ -426,6 +431,22 @@ mod tests {
             slot.fresh_access(SystemTime::now(), Duration::ZERO)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_ended_session_forgets_its_failed_cycles() {
+        let slot = slot();
+        logged_in(&slot);
+        slot.state().failed_cycles = 4;
+        slot.state().next_attempt_at = Some(SystemTime::now());
+        slot.state()
+            .end_session(SessionState::LoggedOut, SystemTime::now(), "logged out");
+        let state = slot.state();
+        assert_eq!(
+            state.failed_cycles, 0,
+            "a new login starts with short pauses"
+        );
+        assert!(state.next_attempt_at.is_none());
     }
 
     #[test]

@@ -87,8 +87,11 @@ pub struct RefreshConfig {
     pub backoff_max: Duration,
     /// Cap on an honoured `Retry-After`.
     pub retry_after_max: Duration,
-    /// After a cycle fails for transient reasons, no new cycle starts for this long.
+    /// Cap on the pause after failed cycles: no new cycle starts before it ends.
     pub failure_backoff: Duration,
+    /// First pause after a failed cycle; doubles per consecutive failure, with jitter, up to
+    /// `failure_backoff` (see `refresh::schedule::failure_pause`).
+    pub failure_backoff_initial: Duration,
 }
 
 impl Default for RefreshConfig {
@@ -100,6 +103,7 @@ impl Default for RefreshConfig {
             backoff_max: Duration::from_secs(10),
             retry_after_max: Duration::from_secs(30),
             failure_backoff: Duration::from_secs(30),
+            failure_backoff_initial: Duration::from_secs(1),
         }
     }
 }
@@ -285,6 +289,7 @@ struct RawRefresh {
     backoff_max_ms: Option<u64>,
     retry_after_max_seconds: Option<u64>,
     failure_backoff_seconds: Option<u64>,
+    failure_backoff_initial_ms: Option<u64>,
 }
 
 impl RawRefresh {
@@ -311,12 +316,18 @@ impl RawRefresh {
             backoff_max: ms(self.backoff_max_ms, d.backoff_max),
             retry_after_max: secs(self.retry_after_max_seconds, d.retry_after_max),
             failure_backoff: secs(self.failure_backoff_seconds, d.failure_backoff),
+            failure_backoff_initial: ms(self.failure_backoff_initial_ms, d.failure_backoff_initial),
         };
         if config.backoff_initial > config.backoff_max {
             return Err("[refresh] backoff_initial_ms must not exceed backoff_max_ms".to_owned());
         }
         if config.failure_backoff > Duration::from_secs(3600) {
             return Err("[refresh] failure_backoff_seconds must be at most 3600".to_owned());
+        }
+        if config.failure_backoff_initial > Duration::from_secs(3600) {
+            return Err(
+                "[refresh] failure_backoff_initial_ms must be at most 3600000 (an hour)".to_owned(),
+            );
         }
         Ok(config)
     }

@@ -11,8 +11,8 @@ use tonic::{Code, Status};
 
 /// Metadata key carrying [`BrokerError::reason`] on every error status.
 pub const REASON_KEY: &str = "x-therappai-reason";
-/// Metadata key carrying, on a rate-limit status, when the caller may try again (Unix
-/// seconds).
+/// Metadata key carrying, on a rate-limit status and on an UNAVAILABLE that knows when the
+/// broker tries therappai again, that time (Unix seconds).
 pub const RETRY_AT_KEY: &str = "x-therappai-retry-at";
 
 /// Why a request could not be served. Each message says what to do next.
@@ -45,6 +45,19 @@ pub enum BrokerError {
         "therappai is unavailable for account \"{account}\": {reason}; the broker keeps running, try again shortly"
     )]
     UpstreamUnavailable { account: String, reason: String },
+    /// A refresh failed on a transient upstream problem, and the broker tries again at
+    /// `retry_at` (a caller that needs a new token before then gets this).
+    #[error(
+        "therappai is unavailable for account \"{account}\": {reason}; the broker keeps running and tries again from {} (in {} s)",
+        crate::clock::utc_rfc3339(*.retry_at),
+        whole_seconds_up(*.retry_in)
+    )]
+    UpstreamRetrying {
+        account: String,
+        reason: String,
+        retry_at: std::time::SystemTime,
+        retry_in: std::time::Duration,
+    },
     /// The upstream answered in a way that will not change on retry.
     #[error("therappai refused the request for account \"{account}\": {reason}")]
     UpstreamRefused { account: String, reason: String },
@@ -157,7 +170,9 @@ impl BrokerError {
             Self::NeedsLogin { .. } => "needs-login",
             Self::InvalidCredentials { .. } => "invalid-credentials",
             Self::PermissionDenied { .. } => "permission-denied",
-            Self::UpstreamUnavailable { .. } => "upstream-unavailable",
+            Self::UpstreamUnavailable { .. } | Self::UpstreamRetrying { .. } => {
+                "upstream-unavailable"
+            }
             Self::UpstreamRefused { .. } => "upstream-refused",
             Self::Store { .. } => "store-failed",
             Self::InvalidArgument { .. } => "invalid-argument",
@@ -175,7 +190,7 @@ impl BrokerError {
             Self::NotLoggedIn { .. } | Self::NeedsLogin { .. } => Code::Unauthenticated,
             Self::InvalidCredentials { .. } => Code::Unauthenticated,
             Self::PermissionDenied { .. } => Code::PermissionDenied,
-            Self::UpstreamUnavailable { .. } => Code::Unavailable,
+            Self::UpstreamUnavailable { .. } | Self::UpstreamRetrying { .. } => Code::Unavailable,
             Self::UpstreamRefused { .. } => Code::FailedPrecondition,
             Self::Store { .. } => Code::Internal,
             Self::InvalidArgument { .. } => Code::InvalidArgument,
@@ -195,7 +210,9 @@ impl From<BrokerError> for Status {
         if let Ok(value) = err.reason().parse() {
             status.metadata_mut().insert(REASON_KEY, value);
         }
-        if let BrokerError::RateLimited { retry_at, .. } = &err {
+        if let BrokerError::RateLimited { retry_at, .. }
+        | BrokerError::UpstreamRetrying { retry_at, .. } = &err
+        {
             let unix = crate::jwt::unix_seconds(*retry_at);
             if let Ok(value) = unix.to_string().parse() {
                 status.metadata_mut().insert(RETRY_AT_KEY, value);
@@ -257,6 +274,39 @@ mod tests {
                 .get(RETRY_AT_KEY)
                 .and_then(|v| v.to_str().ok()),
             Some("1709210096")
+        );
+    }
+
+    #[test]
+    fn a_failed_refresh_says_when_the_broker_tries_again() {
+        let retry_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096);
+        let status = Status::from(BrokerError::UpstreamRetrying {
+            account: "work".into(),
+            reason: "therappai answered 503".into(),
+            retry_at,
+            retry_in: std::time::Duration::from_millis(1200),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .ends_with("tries again from 2024-02-29T12:34:56Z (in 2 s)"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETRY_AT_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("1709210096")
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(REASON_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("upstream-unavailable")
         );
     }
 

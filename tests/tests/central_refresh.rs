@@ -111,7 +111,10 @@ async fn a_hanging_upstream_is_bounded_and_blocks_neither_status_nor_new_callers
     let fake = fake().await;
     let mut options = BrokerOptions::new(StoreKind::Keyutils, EMAIL);
     options.request_timeout_seconds = 1;
-    options.refresh_section = "[refresh]\nmax_attempts = 2\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\nfailure_backoff_seconds = 30\n".to_owned();
+    // The pause after a failed cycle starts at `failure_backoff_initial_ms` and is jittered
+    // down to half of it: a first step of 30 s keeps the pause checked below at 15 s or
+    // more (the default first step, 1 s, could end before the next caller arrives).
+    options.refresh_section = "[refresh]\nmax_attempts = 2\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\nfailure_backoff_seconds = 30\nfailure_backoff_initial_ms = 30000\n".to_owned();
     let broker = logged_in(&fake, options).await;
     fake.knobs().set_refresh_delay(Duration::from_secs(3600));
 

@@ -8,7 +8,9 @@
 //!   abort it halfway (a rotated refresh token is always stored).
 //! - **Bounded retries**: transient failures (network, timeout, 5xx, 429) are retried with
 //!   exponential backoff and full jitter, at most `max_attempts` per cycle, honouring
-//!   `Retry-After` up to a cap. After a failed cycle no new one starts for `failure_backoff`.
+//!   `Retry-After` up to a cap. After a failed cycle no new one starts for a pause that
+//!   starts at about a second and doubles, with jitter, per failed cycle in a row, up to
+//!   `failure_backoff` (reset by a success); callers meanwhile are told when it ends.
 //! - **Stop, don't loop**: `token_not_valid` deletes the refresh token and moves the account to
 //!   `needs-login`; no upstream call is made for it until a new login. A rejection is retried
 //!   once only when the store holds a newer generation than the token that was rejected.
@@ -152,7 +154,7 @@ impl Refresher {
     ) -> Result<ServedToken, BrokerError> {
         let _flight = match self.wait_for_cycle(slot, &need).await {
             Ok(flight) => flight,
-            Err(served) => return Ok(served),
+            Err(answer) => return answer,
         };
         // Declared after the guard, so dropped before it: waiters hear the cycle ended.
         let _done = CycleDone(&slot.cycle_done);
@@ -164,36 +166,19 @@ impl Refresher {
         if let Some(served) = self.answer_from_cache(slot, &need, now) {
             return Ok(served);
         }
-        // One lock for both reads (a guard in an `if let` scrutinee lives through its body).
-        let backoff = {
-            let state = slot.state();
-            state
-                .next_attempt_at
-                .filter(|next| *next > now)
-                .map(|next| {
-                    let last = state.last_refresh.as_ref().map(|(_, o)| o.clone());
-                    (next, last.unwrap_or_default())
-                })
-        };
-        if let Some((next, last)) = backoff {
-            return Err(BrokerError::UpstreamUnavailable {
-                account: account.to_owned(),
-                reason: format!(
-                    "the last refresh failed ({last}); the broker tries again from {} (in {} s)",
-                    crate::clock::utc_rfc3339(next),
-                    next.duration_since(now)
-                        .unwrap_or_default()
-                        .as_secs()
-                        .max(1),
-                ),
-            });
+        if let Some(paused) = self.failed_cycle_error(slot, now, false) {
+            return Err(paused);
         }
         // With a fleet's OpenBao, the fleet may have the token already, or another broker may
         // be refreshing: see fleet.rs.
         let fleet = self.store.fleet().cloned();
         let claim = match &fleet {
             Some(fleet) => match self.fleet_turn(fleet, slot, epoch, &need).await {
-                Ok(fleet::Turn::Served(served)) => return Ok(served),
+                Ok(fleet::Turn::Served(served)) => {
+                    // Another broker refreshed: therappai answers again.
+                    slot.update_if_current(epoch, |state| state.failed_cycles = 0);
+                    return Ok(served);
+                }
                 Ok(fleet::Turn::Refresh(claim)) => Some(claim),
                 Err(err) => return Err(self.fleet_unavailable(slot, epoch, err)),
             },
@@ -250,36 +235,74 @@ impl Refresher {
         match result {
             Ok(refreshed) => {
                 let for_caller = !matches!(need, Need::Ahead);
-                self.accept(slot, epoch, refreshed, for_caller, claim.as_ref())
-                    .await
+                let served = self
+                    .accept(slot, epoch, refreshed, for_caller, claim.as_ref())
+                    .await;
+                if served.is_ok() {
+                    // The next failure is a first one again: a pause of about a second.
+                    slot.update_if_current(epoch, |state| state.failed_cycles = 0);
+                }
+                served
             }
             Err(UpstreamError::TokenNotValid { detail }) => Err(self
                 .end_session(slot, epoch, &refresh, detail, claim.as_ref())
                 .await),
-            Err(err) => {
-                let now = self.clock.now();
-                let outcome = err.to_string();
-                let next = schedule::next_attempt(&err, now, &self.config);
-                let retry_in_s = next.duration_since(now).unwrap_or_default().as_secs();
-                tracing::warn!(account, error = %outcome, retry_in_s, "refresh cycle failed");
-                slot.update_if_current(epoch, |state| {
-                    state.set_session(SessionState::Active, now, "");
-                    state.last_refresh = Some((now, outcome));
-                    state.next_attempt_at = Some(next);
-                });
-                Err(BrokerError::from_upstream(account, err))
-            }
+            Err(err) => Err(self.pause_after_failure(slot, epoch, err)),
         }
     }
 
-    /// Takes the flight slot. When a cycle holds it and ends first, answers from its result if
-    /// that serves `need` (every waiter at once, instead of one by one through the slot), and
-    /// queues for the slot only when it does not.
+    /// Records a failed cycle and starts the pause before the next one, longer the more
+    /// cycles failed in a row (see [`schedule::failure_pause`]). A caller told UNAVAILABLE is
+    /// told when that pause ends; one refused for good (a malformed answer) is told why.
+    fn pause_after_failure(
+        &self,
+        slot: &AccountSlot,
+        epoch: u64,
+        err: UpstreamError,
+    ) -> BrokerError {
+        let account = slot.config.name.as_str();
+        let now = self.clock.now();
+        let outcome = err.to_string();
+        let next = slot.update_if_current(epoch, |state| {
+            state.failed_cycles = state.failed_cycles.saturating_add(1);
+            let next = schedule::next_attempt(
+                &err,
+                state.failed_cycles,
+                now,
+                &self.config,
+                rand::random(),
+            );
+            state.set_session(SessionState::Active, now, "");
+            state.last_refresh = Some((now, outcome.clone()));
+            state.next_attempt_at = Some(next);
+            (next, state.failed_cycles)
+        });
+        let Some((next, failed_cycles)) = next else {
+            return session_ended_error(account);
+        };
+        let retry_in = next.duration_since(now).unwrap_or_default();
+        let retry_in_ms = u64::try_from(retry_in.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(account, error = %outcome, failed_cycles, retry_in_ms, "refresh cycle failed");
+        if !err.is_transient() {
+            return BrokerError::from_upstream(account, err);
+        }
+        BrokerError::UpstreamRetrying {
+            account: account.to_owned(),
+            reason: outcome,
+            retry_at: next,
+            retry_in,
+        }
+    }
+
+    /// Takes the flight slot. When a cycle holds it and ends first, answers from its result
+    /// (every waiter at once, instead of one by one through the slot): its token if that
+    /// serves `need`, its failure if it failed; and queues for the slot only otherwise.
     async fn wait_for_cycle<'a>(
         &self,
         slot: &'a AccountSlot,
         need: &Need,
-    ) -> Result<tokio::sync::MutexGuard<'a, ()>, ServedToken> {
+    ) -> Result<tokio::sync::MutexGuard<'a, ()>, Result<ServedToken, BrokerError>> {
+        let failed_before = slot.state().failed_cycles;
         // Registered before the slot is tried, so the end of the cycle cannot be missed.
         let done = slot.cycle_done.notified();
         tokio::pin!(done);
@@ -291,10 +314,41 @@ impl Refresher {
             () = &mut done => {}
             flight = slot.flight.lock() => return Ok(flight),
         }
-        if let Some(served) = self.answer_from_cache(slot, need, self.clock.now()) {
-            return Err(served);
+        let now = self.clock.now();
+        if let Some(served) = self.answer_from_cache(slot, need, now) {
+            return Err(Ok(served));
+        }
+        // The cycle this caller waited for failed: that is its answer too, even when no pause
+        // is configured (`failure_backoff_seconds = 0`), or every waiter would run a full
+        // cycle of its own, one after another.
+        if slot.state().failed_cycles > failed_before
+            && let Some(failed) = self.failed_cycle_error(slot, now, true)
+        {
+            return Err(Err(failed));
         }
         Ok(slot.flight.lock().await)
+    }
+
+    /// The UNAVAILABLE for a caller that may not start a cycle because the last one failed:
+    /// while the pause after it runs, or (`even_after_the_pause`) for a caller that waited
+    /// for that very cycle. Says when the broker tries again.
+    fn failed_cycle_error(
+        &self,
+        slot: &AccountSlot,
+        now: SystemTime,
+        even_after_the_pause: bool,
+    ) -> Option<BrokerError> {
+        let state = slot.state();
+        let next = state
+            .next_attempt_at
+            .filter(|next| even_after_the_pause || *next > now)?;
+        let last = state.last_refresh.as_ref().map(|(_, o)| o.as_str());
+        Some(BrokerError::UpstreamRetrying {
+            account: slot.config.name.clone(),
+            reason: format!("the last refresh failed ({})", last.unwrap_or_default()),
+            retry_at: next,
+            retry_in: next.duration_since(now).unwrap_or_default(),
+        })
     }
 
     fn answer_from_cache(

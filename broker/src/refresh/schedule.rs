@@ -53,16 +53,39 @@ pub fn retry_delay(
     Some(ceiling.mul_f64(draw.clamp(0.0, 1.0)))
 }
 
-/// When the next cycle may start after one that failed with `error` at `now`: after
-/// `failure_backoff`, or later if the server asked (Retry-After, capped at an hour).
-pub fn next_attempt(error: &UpstreamError, now: SystemTime, config: &RefreshConfig) -> SystemTime {
+/// Pause after the `failures`-th failed cycle in a row (1 for the first): exponential with
+/// full jitter above a floor. The window's top starts at `failure_backoff_initial` and doubles
+/// per failure up to `failure_backoff`; the pause is drawn (`draw` in [0, 1)) between half the
+/// first step and that top. So a short blip costs callers about a second, a long outage is
+/// asked about at most every few seconds on average (each cycle is itself bounded by
+/// `max_attempts`), and many brokers that failed together do not come back together. The
+/// floor keeps two cycles from ever starting back to back.
+pub fn failure_pause(failures: u32, config: &RefreshConfig, draw: f64) -> Duration {
+    let cap = config.failure_backoff;
+    let first = config.failure_backoff_initial.min(cap);
+    let exponent = failures.saturating_sub(1).min(20);
+    let top = first.saturating_mul(1 << exponent).min(cap);
+    let floor = first / 2;
+    floor + (top - floor).mul_f64(draw.clamp(0.0, 1.0))
+}
+
+/// When the next cycle may start after the `failures`-th failed cycle in a row, which failed
+/// with `error` at `now`: after [`failure_pause`], or later if the server asked (Retry-After,
+/// capped at an hour).
+pub fn next_attempt(
+    error: &UpstreamError,
+    failures: u32,
+    now: SystemTime,
+    config: &RefreshConfig,
+    draw: f64,
+) -> SystemTime {
     let asked = match error {
         UpstreamError::RateLimited {
             retry_after: Some(after),
         } => (*after).min(MAX_RETRY_AFTER),
         _ => Duration::ZERO,
     };
-    now + config.failure_backoff.max(asked)
+    now + failure_pause(failures, config, draw).max(asked)
 }
 
 /// Longest server-requested wait the broker honours before trying again.
@@ -134,9 +157,90 @@ mod tests {
             Some(Duration::from_secs(7))
         );
         assert_eq!(retry_delay(&limited(3600), 1, &config, 0.0), None);
-        // ... and after the cycle, the next one waits as long as the server asked.
-        assert_eq!(next_attempt(&limited(3600), t(0), &config), t(3600));
-        assert_eq!(next_attempt(&limited(7), t(0), &config), t(30));
-        assert_eq!(next_attempt(&limited(86_400), t(0), &config), t(3600));
+        // ... and after the cycle, the next one waits as long as the server asked (the
+        // failure pause when that is longer), at most an hour.
+        assert_eq!(next_attempt(&limited(3600), 1, t(0), &config, 0.0), t(3600));
+        assert_eq!(next_attempt(&limited(7), 1, t(0), &config, 1.0), t(7));
+        assert_eq!(next_attempt(&limited(7), 9, t(0), &config, 1.0), t(30));
+        assert_eq!(
+            next_attempt(&limited(86_400), 1, t(0), &config, 0.0),
+            t(3600)
+        );
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn failure_pause_doubles_per_failure_up_to_the_cap() {
+        let config = RefreshConfig::default(); // 1 s first step, 30 s cap
+        let tops: Vec<_> = (1..=7).map(|n| failure_pause(n, &config, 1.0)).collect();
+        assert_eq!(
+            tops,
+            [
+                ms(1000),
+                ms(2000),
+                ms(4000),
+                ms(8000),
+                ms(16_000),
+                ms(30_000),
+                ms(30_000)
+            ]
+        );
+        assert_eq!(failure_pause(u32::MAX, &config, 1.0), ms(30_000));
+        // Not an error of the server's asking: the pause alone decides.
+        let unavailable = UpstreamError::Unavailable {
+            reason: "503".into(),
+        };
+        assert_eq!(next_attempt(&unavailable, 1, t(0), &config, 1.0), t(1));
+        assert_eq!(next_attempt(&unavailable, 40, t(0), &config, 1.0), t(30));
+    }
+
+    #[test]
+    fn failure_pause_jitters_over_the_whole_window_above_the_floor() {
+        let config = RefreshConfig::default();
+        // The floor is half the first step, whatever the failure count.
+        for n in [1, 2, 5, 50] {
+            assert_eq!(failure_pause(n, &config, 0.0), ms(500), "failure {n}");
+        }
+        assert_eq!(failure_pause(1, &config, 0.5), ms(750));
+        assert_eq!(failure_pause(6, &config, 0.5), ms(15_250));
+        // Out-of-range draws stay inside the window.
+        assert_eq!(failure_pause(3, &config, -3.0), ms(500));
+        assert_eq!(failure_pause(3, &config, 7.0), ms(4000));
+        for i in 0..100 {
+            let draw = f64::from(i) / 100.0;
+            let pause = failure_pause(4, &config, draw);
+            assert!((ms(500)..=ms(8000)).contains(&pause), "{pause:?}");
+        }
+    }
+
+    #[test]
+    fn the_configured_cap_bounds_every_pause() {
+        let mut config = RefreshConfig {
+            failure_backoff: Duration::from_secs(3),
+            ..RefreshConfig::default()
+        };
+        assert_eq!(failure_pause(1, &config, 1.0), ms(1000));
+        assert_eq!(failure_pause(3, &config, 1.0), ms(3000));
+        // A cap below the first step is the first step (and its floor is half of it).
+        config.failure_backoff = ms(400);
+        assert_eq!(failure_pause(1, &config, 1.0), ms(400));
+        assert_eq!(failure_pause(1, &config, 0.0), ms(200));
+        // No cap, no pause: every cycle may start at once.
+        config.failure_backoff = Duration::ZERO;
+        assert_eq!(failure_pause(5, &config, 1.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn after_a_success_the_count_restarts_and_so_does_the_pause() {
+        // The refresher resets its count of failed cycles to 0 on success, so the next failure
+        // is the first again: back to about a second, however long the outage before was.
+        let config = RefreshConfig::default();
+        assert_eq!(failure_pause(8, &config, 1.0), ms(30_000));
+        assert_eq!(failure_pause(1, &config, 1.0), ms(1000));
+        // A count of 0 (never failed) is treated as the first failure, not as no pause.
+        assert_eq!(failure_pause(0, &config, 1.0), ms(1000));
     }
 }
