@@ -260,6 +260,7 @@ fn measure_with(
     let mut oidc_token = agent.command("oidc-token");
     oidc_token.arg(ACCOUNT).stdout(Stdio::null());
     timed(&mut oidc_token)?;
+    // Idle the way the broker's figure is taken: half a second after its last request.
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss_kib = agent.memory_kib("VmRSS")?;
     let idle_anon_kib = agent.memory_kib("RssAnon")?;
