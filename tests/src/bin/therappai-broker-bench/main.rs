@@ -4,12 +4,17 @@
 //! broker's cached GetAccessToken through client-lib (latency and throughput, with ratios), the
 //! cost of the listener's `:authority` normaliser (a raw HTTP/2 client sending `localhost` or
 //! the socket path), isolation between accounts, a stampede on a fresh broker, the CLI as a
-//! whole process, and the daemon's memory and CPU. It prints a table and writes the same figures as JSON.
+//! whole process, and the daemon's memory and CPU; beside them the closest peer, oidc-agent,
+//! against a mock OpenID provider (oidc_peer.rs). It prints a table and writes the same figures
+//! as JSON.
 //! Timings are medians of repeated runs; ratios are taken within the run.
 
 mod fleet;
 mod floor;
 mod load;
+mod oidc_ipc;
+mod oidc_mock;
+mod oidc_peer;
 mod process;
 mod raw_client;
 mod report;
@@ -36,6 +41,9 @@ pub struct Settings {
     pub isolation_windows: usize,
     pub stampede_callers: usize,
     pub cli_runs: usize,
+    /// oidc-agent peer: paired CLI runs, and IPC calls with a cached token.
+    pub peer_pairs: usize,
+    pub peer_ipc_calls: usize,
 }
 
 impl Settings {
@@ -49,6 +57,8 @@ impl Settings {
                 isolation_windows: 1,
                 stampede_callers: 100,
                 cli_runs: 5,
+                peer_pairs: 5,
+                peer_ipc_calls: 200,
             }
         } else {
             Self {
@@ -59,6 +69,8 @@ impl Settings {
                 isolation_windows: 6,
                 stampede_callers: 1_000,
                 cli_runs: 300,
+                peer_pairs: 60,
+                peer_ipc_calls: 5_000,
             }
         }
     }
@@ -70,6 +82,11 @@ fn main() -> anyhow::Result<()> {
         && command == "floor-server"
     {
         return floor::serve(&PathBuf::from(socket));
+    }
+    if let [command, account, calls] = args.as_slice()
+        && command == "oidc-ipc"
+    {
+        return oidc_ipc::main(account, calls);
     }
     let smoke = args.iter().any(|a| a == "--smoke");
     let json_path = args
@@ -249,9 +266,15 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
     eprintln!("isolation: {} held refreshes", settings.isolation_windows);
     let isolation = scenarios::isolation(&broker, &fake, settings).await?;
     eprintln!("CLI: {} runs", settings.cli_runs);
-    let cli = tokio::task::block_in_place(|| {
-        scenarios::cli(&workspace_bin("therappai-brokerctl"), &socket, settings)
-    })?;
+    let ctl = workspace_bin("therappai-brokerctl");
+    let cli = tokio::task::block_in_place(|| scenarios::cli(&ctl, &socket, settings))?;
+    let peer = match tokio::task::block_in_place(oidc_peer::ensure_installed) {
+        Ok(()) => serde_json::to_value(oidc_peer::measure(&ctl, &socket, settings).await?)?,
+        Err(why) => {
+            eprintln!("oidc-agent peer skipped: {why}");
+            serde_json::json!({ "skipped": why })
+        }
+    };
     eprintln!(
         "stampede: {} callers × {} runs",
         settings.stampede_callers, settings.repeats
@@ -272,6 +295,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "stampede": stampede,
         "fleet": fleet,
         "cli": cli,
+        "peer": peer,
         "memory": {
             "idle_rss_kib": idle_rss_kib,
             "idle_anon_kib": idle_anon_kib,

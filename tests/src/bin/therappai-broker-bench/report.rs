@@ -122,4 +122,98 @@ pub fn print_table(r: &Value) {
         f(&mem["peak_rss_kib"]) / 1024.0,
         f(&mem["after_load_anon_kib"]) / 1024.0
     );
+    print_peer(r);
+}
+
+/// The oidc-agent rows: theirs beside ours, from the same run.
+fn print_peer(r: &Value) {
+    let p = &r["peer"];
+    println!();
+    if let Some(why) = p["skipped"].as_str() {
+        println!("peer oidc-agent: skipped ({why})");
+        return;
+    }
+    println!(
+        "peer: {} (Debian oidc-agent-cli) against a mock OpenID provider on loopback",
+        p["version"].as_str().unwrap_or("oidc-agent")
+    );
+    println!(
+        "{:<44} {:>12} {:>12} {:>8}",
+        "measure", "oidc-agent", "broker", "ratio"
+    );
+    println!(
+        "{:<44} {:>9.2} ms {:>9.2} ms {:>7.2}×",
+        format!("CLI token, whole process ({} pairs)", p["pairs"]),
+        f(&p["oidc_token_ms"]),
+        f(&p["brokerctl_token_ms"]),
+        f(&p["ratio_wall"])
+    );
+    println!(
+        "{:<44} {:>9.2} ms {:>9.2} ms {:>7.2}×",
+        "CLI token, CPU user+sys per run",
+        f(&p["oidc_token_cpu_ms"]),
+        f(&p["brokerctl_token_cpu_ms"]),
+        f(&p["ratio_cpu"])
+    );
+    let ipc = [
+        (
+            "p50",
+            &p["broker_new_connection"]["p50_us"],
+            "new connection per call",
+        ),
+        (
+            "p99",
+            &p["broker_new_connection"]["p99_us"],
+            "new connection per call",
+        ),
+        (
+            "p50",
+            &r["latency"]["broker"]["p50_us"],
+            "ours on an open channel",
+        ),
+        (
+            "p99",
+            &r["latency"]["broker"]["p99_us"],
+            "ours on an open channel",
+        ),
+    ];
+    for (quantile, ours, how) in ipc {
+        let theirs = f(&p["ipc"][format!("{quantile}_us")]);
+        println!(
+            "{:<44} {:>9.1} µs {:>9.1} µs {:>7.2}×",
+            format!("cached token {quantile}, {how}"),
+            theirs,
+            f(ours),
+            f(ours) / theirs
+        );
+    }
+    let mem = &r["memory"];
+    for (label, theirs, ours) in [
+        ("daemon RSS idle (VmRSS)", "idle_rss_kib", "idle_rss_kib"),
+        ("daemon RssAnon idle", "idle_anon_kib", "idle_anon_kib"),
+        (
+            "daemon RSS after load (ours: peak, VmHWM)",
+            "after_load_rss_kib",
+            "peak_rss_kib",
+        ),
+        (
+            "daemon RssAnon after its load",
+            "after_load_anon_kib",
+            "after_load_anon_kib",
+        ),
+    ] {
+        println!(
+            "{:<44} {:>8.1} MiB {:>8.1} MiB {:>7.2}×",
+            label,
+            f(&p[theirs]) / 1024.0,
+            f(&mem[ours]) / 1024.0,
+            f(&mem[ours]) / f(&p[theirs])
+        );
+    }
+    println!(
+        "ratios are broker / oidc-agent; CLI ratios are medians of per-pair ratios (runs paired, order alternating; `true` takes {:.2} ms). IPC over {} calls: theirs is liboidc-agent's getAccessToken3, which connects and does a key exchange on every call (its only way); ours is client-lib. Memory: oidc-agent's two processes summed; its load is {} IPC calls, ours the 64-caller load",
+        f(&p["true_ms"]),
+        p["ipc"]["calls"],
+        p["ipc"]["calls"]
+    );
 }
