@@ -311,7 +311,11 @@ impl VaultClient {
                 .http
                 .request(method.clone(), format!("{address}/v1/{path}"));
             if let Some(token) = token {
-                request = request.header("X-Vault-Token", token.expose());
+                // Marked sensitive so no HTTP layer ever prints it (nor HPACK-indexes it).
+                if let Ok(mut value) = reqwest::header::HeaderValue::from_str(token.expose()) {
+                    value.set_sensitive(true);
+                    request = request.header("X-Vault-Token", value);
+                }
             }
             if let Some(body) = body {
                 request = request.json(body);
