@@ -113,10 +113,15 @@ fn run(
     systemd_socket: Option<std::os::unix::net::UnixListener>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    let result = runtime.block_on(async {
+    // The serving future runs as a task on a worker, not in `block_on` on the main thread:
+    // there the accept loop needed a wake-up hop from the worker that polled epoll to the
+    // parked main thread for every new connection, which a one-shot CLI call waits through.
+    let config_path = config_path.to_owned();
+    let serving = runtime.spawn(async move {
         let socket = match &systemd_socket {
             Some(_) => "the socket systemd passed".to_owned(),
             None => config.socket.display().to_string(),
@@ -129,16 +134,38 @@ fn run(
             shutdown.clone(),
             daemon.reloader(),
             daemon.status_line(),
-            config_path.to_owned(),
+            config_path,
         ));
         daemon.serve(shutdown).await.context("serve gRPC")?;
         anyhow::Ok(())
     });
+    let result = match runtime.block_on(serving) {
+        Ok(result) => result,
+        // Only a bug gets here (a panic in start-up or the accept loop; handlers' panics are
+        // caught per task). The payload is not repeated: we cannot vouch for what it holds.
+        Err(e) => Err(anyhow::anyhow!(
+            "the serving task {}; this is a bug, please report it with the log",
+            if e.is_panic() {
+                "panicked"
+            } else {
+                "was cancelled"
+            }
+        )),
+    };
     // A store call stuck in a blocking thread (e.g. behind a keyring unlock prompt nobody
     // answers) must not keep the process alive after serve returned.
     runtime.shutdown_timeout(BLOCKING_EXIT_GRACE);
     result
 }
+
+/// One worker per core, at most 4. A cached token costs microseconds, so more workers add
+/// no throughput a local broker needs, only resident memory: each worker has its own stack
+/// and, once it allocates, its own malloc arena.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_WORKERS))
+}
+
+const MAX_WORKERS: usize = 4;
 
 /// How long exiting waits for blocking store calls still running after serving stopped.
 const BLOCKING_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
