@@ -16,7 +16,7 @@ pub enum StoreKind {
     /// `encrypted-file` at `{dir}/state/tokens.enc`, keyed by `{dir}/store.key` (0600).
     EncryptedFile,
     /// `vault`: a fleet's OpenBao; the test puts the `[store.vault]` section in
-    /// `extra_config` (see `openbao::AppRole::store_section`).
+    /// `extra_config` (see `openbao::store_section`).
     Vault,
 }
 

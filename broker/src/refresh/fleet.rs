@@ -88,7 +88,7 @@ impl Refresher {
             if let Some(served) = self.answer_from_cache(slot, need, now) {
                 return Ok(Turn::Served(served));
             }
-            if let Some(lease) = entry.lease.as_ref().filter(|l| l.holder != fleet.id())
+            if let Some(lease) = entry.lease_of_other(fleet.id())
                 && let Some(until) = self.lease_runs_until(fleet, account, version, lease, now)
             {
                 tracing::debug!(account, holder = %lease.holder, "another broker is refreshing; waiting for its result");

@@ -22,7 +22,7 @@ use super::{Backend, Op, Store, StoreError, check_account};
 use crate::secret::RefreshToken;
 use client::{Answer, VaultClient};
 use config::VaultConfig;
-use entry::{Ended, Entry, RawEntry, Versioned};
+use entry::{Ended, Entry, RawEntry};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use std::time::SystemTime;
@@ -519,17 +519,6 @@ impl Store for VaultStore {
                 }
             }
             Ok(live)
-        })
-    }
-}
-
-/// The fleet's view of an entry after a read, for the refresher.
-impl Versioned {
-    /// Wraps a read that found an entry.
-    pub fn from_read(read: Read) -> Option<Self> {
-        read.entry.map(|entry| Self {
-            version: read.version,
-            entry,
         })
     }
 }

@@ -44,13 +44,6 @@ pub struct Ended {
     pub reason: String,
 }
 
-/// An entry with the KV version it was read at (the `cas` of the next write).
-#[derive(Debug)]
-pub struct Versioned {
-    pub version: u64,
-    pub entry: Entry,
-}
-
 impl Entry {
     /// A live session's entry holding `refresh` only.
     pub fn session(refresh: RefreshToken, written_by: &str) -> Self {
@@ -70,11 +63,10 @@ impl Entry {
         }
     }
 
-    /// Whether the lease is held by someone other than `me` and has not run out.
-    pub fn leased_by_other(&self, me: &str, now: SystemTime) -> Option<&Lease> {
-        self.lease
-            .as_ref()
-            .filter(|l| l.holder != me && l.until > now)
+    /// The lease, when another broker than `me` holds it. Whether it still stands is the
+    /// waiter's call, by its own clock (see `refresh/fleet.rs`), never the holder's `until`.
+    pub fn lease_of_other(&self, me: &str) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.holder != me)
     }
 
     /// The KV v2 `data` object. Holds the secrets in the clear: it goes into one request
@@ -218,8 +210,8 @@ mod tests {
         assert_eq!(access.token.expose(), "access-secret");
         assert_eq!(access.expires_at, now + Duration::from_secs(300));
         assert_eq!(back.lease, entry.lease);
-        assert!(back.leased_by_other("host-b/7", now).is_some());
-        assert!(back.leased_by_other("host-a/42", now).is_none());
+        assert!(back.lease_of_other("host-b/7").is_some());
+        assert!(back.lease_of_other("host-a/42").is_none());
         let shown = format!("{back:?}");
         assert!(!shown.contains("secret"), "{shown}");
     }
