@@ -51,18 +51,12 @@ pub fn build_deb(profile: Profile) -> Result<PathBuf> {
     install_cargo_deb_in_background()?.wait()?;
     let (out, pack): (PathBuf, &[&str]) = match profile {
         Profile::Release => {
-            run(
-                "cargo",
-                &[
-                    "build",
-                    "--release",
-                    "-p",
-                    "therappai-broker",
-                    "-p",
-                    "therappai-broker-client",
-                    "--bins",
-                ],
-            )?;
+            crate::release::build_release_bins(&[
+                "-p",
+                "therappai-broker",
+                "-p",
+                "therappai-broker-client",
+            ])?;
             (root().join("target/debian"), &["--no-strip"])
         }
         Profile::Dev => (

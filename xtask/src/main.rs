@@ -15,6 +15,7 @@ use std::process::{Command, ExitCode};
 mod background;
 mod deb;
 mod demo;
+mod release;
 mod systemd_box;
 
 /// Debian packages the end-to-end tests use, and a binary each provides.
@@ -170,7 +171,7 @@ fn test() -> Result<()> {
 
 fn bench(smoke: bool) -> Result<()> {
     install_test_packages()?;
-    run("cargo", &["build", "--release", "--workspace", "--bins"])?;
+    release::build_release_bins(&["--workspace"])?;
     let out = root().join("target/bench");
     std::fs::create_dir_all(&out).context("create target/bench")?;
     let json = out.join("bench.json");
