@@ -19,6 +19,7 @@ mod process;
 mod raw_client;
 mod report;
 mod scenarios;
+mod stores;
 
 use fake_therappai::{FakeConfig, FakeTherappai};
 use load::{Target, latency, median, throughput};
@@ -192,6 +193,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
     let idle_rss_kib = process::memory_kib(broker_pid, "VmRSS")?;
     // RSS counts the binary's code pages (shared page cache) too; RssAnon is the daemon's own.
     let idle_anon_kib = process::memory_kib(broker_pid, "RssAnon")?;
+    let idle_by_mapping = process::resident_by_mapping(broker_pid)?;
 
     let floor_dir = tempfile::tempdir()?;
     let floor_socket = floor_dir.path().join("floor.sock");
@@ -223,6 +225,15 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "ratio_p99": median(b99) / median(f99),
     });
     let authority = authority_cost(&floor_socket, &socket, settings).await?;
+    eprintln!("stores: the cached path with keyutils and encrypted-file behind it");
+    let stores = stores::cached_by_store(
+        &floor_socket,
+        &socket,
+        (&fake.base_url(), &fake.ca_pem()),
+        USERS[0],
+        settings,
+    )
+    .await?;
 
     let mut rows = Vec::new();
     let mut cpu = serde_json::Value::Null;
@@ -290,6 +301,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "repeats": settings.repeats,
         "latency": latency,
         "authority": authority,
+        "stores": stores,
         "throughput": rows,
         "isolation": isolation,
         "stampede": stampede,
@@ -299,6 +311,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "memory": {
             "idle_rss_kib": idle_rss_kib,
             "idle_anon_kib": idle_anon_kib,
+            "idle_by_mapping": idle_by_mapping,
             "peak_rss_kib": peak_rss_kib,
             "after_load_anon_kib": loaded_anon_kib,
         },

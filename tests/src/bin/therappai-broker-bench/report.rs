@@ -107,6 +107,14 @@ pub fn print_table(r: &Value) {
         f(&fl["cached_p50_us_vault"]),
         f(&r["latency"]["broker"]["p50_us"])
     );
+    for row in r["stores"].as_array().into_iter().flatten() {
+        println!(
+            "cached GetAccessToken p50 with the {} store {:.1} µs, {:.2}× the floor (rounds interleaved with it)",
+            row["store"].as_str().unwrap_or("?"),
+            f(&row["p50_us"]),
+            f(&row["ratio_to_floor"])
+        );
+    }
     let c = &r["cli"];
     println!(
         "CLI: `therappai-brokerctl token` median {:.2} ms over {} runs (starting `true` costs {:.2} ms here)",
@@ -121,6 +129,13 @@ pub fn print_table(r: &Value) {
         f(&mem["idle_anon_kib"]) / 1024.0,
         f(&mem["peak_rss_kib"]) / 1024.0,
         f(&mem["after_load_anon_kib"]) / 1024.0
+    );
+    let by = &mem["idle_by_mapping"];
+    println!(
+        "daemon RSS idle by mapping: the program's file {:.1} MiB (code paged in, mostly by the kernel's fault-around), shared libraries {:.1} MiB, anonymous {:.1} MiB",
+        f(&by["program_kib"]) / 1024.0,
+        f(&by["libraries_kib"]) / 1024.0,
+        f(&by["anonymous_kib"]) / 1024.0
     );
     print_peer(r);
 }
