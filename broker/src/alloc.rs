@@ -199,8 +199,15 @@ mod tests {
             assert!(bytes(r, 10).iter().all(|&b| b == 0xA5), "contents kept");
             checked.dealloc(r, layout(10, 8));
         }
-        assert!(FREES.load(Ordering::SeqCst) >= 8, "the moves freed old blocks");
-        assert_eq!(DIRTY_FREES.load(Ordering::SeqCst), 0, "a block was freed unwiped");
+        assert!(
+            FREES.load(Ordering::SeqCst) >= 8,
+            "the moves freed old blocks"
+        );
+        assert_eq!(
+            DIRTY_FREES.load(Ordering::SeqCst),
+            0,
+            "a block was freed unwiped"
+        );
     }
 
     #[test]

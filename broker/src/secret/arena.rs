@@ -161,7 +161,9 @@ fn slot(class: usize, page: usize) -> Option<NonNull<u8>> {
     if arena.free[class].is_empty() {
         let base = map_locked(page)?;
         let size = 1usize << (class as u32 + MIN_SHIFT);
-        let slots = (0..page / size).rev().map(|i| base.as_ptr() as usize + i * size);
+        let slots = (0..page / size)
+            .rev()
+            .map(|i| base.as_ptr() as usize + i * size);
         arena.free[class].extend(slots);
     }
     let addr = arena.free[class].pop()?;
@@ -190,10 +192,18 @@ fn map_locked(len: usize) -> Option<NonNull<u8>> {
     // SAFETY: both act on the mapping just created, which only this module knows.
     unsafe {
         if libc::madvise(ptr, len, libc::MADV_DONTDUMP) != 0 {
-            note_once(&DONTDUMP_FAILED, "madvise(MADV_DONTDUMP)", "core dumps would include secrets (RLIMIT_CORE is 0 anyway)");
+            note_once(
+                &DONTDUMP_FAILED,
+                "madvise(MADV_DONTDUMP)",
+                "core dumps would include secrets (RLIMIT_CORE is 0 anyway)",
+            );
         }
         if libc::mlock(ptr, len) != 0 {
-            note_once(&MLOCK_FAILED, "mlock", "secret pages may be swapped out; raise LimitMEMLOCK (RLIMIT_MEMLOCK) to lock them");
+            note_once(
+                &MLOCK_FAILED,
+                "mlock",
+                "secret pages may be swapped out; raise LimitMEMLOCK (RLIMIT_MEMLOCK) to lock them",
+            );
         }
     }
     NonNull::new(ptr.cast())
@@ -242,13 +252,19 @@ mod tests {
     fn a_dropped_secret_s_slot_is_wiped_and_reused() {
         let secret = SecretBytes::new("s".repeat(700));
         let at = address(&secret);
-        assert!(matches!(secret.storage, Storage::Slot { .. }), "in the arena");
+        assert!(
+            matches!(secret.storage, Storage::Slot { .. }),
+            "in the arena"
+        );
         drop(secret);
         // The page stays mapped (arena pages are never unmapped), so reading it is sound.
         // SAFETY: `at` is inside a live arena page, 700 bytes within its 1024-byte slot.
         let after = unsafe { std::slice::from_raw_parts(at as *const u8, 700) };
         // Another test may have taken the slot since; it wrote its own bytes, never ours.
-        assert!(!after.windows(16).any(|w| w == [b's'; 16]), "slot not wiped");
+        assert!(
+            !after.windows(16).any(|w| w == [b's'; 16]),
+            "slot not wiped"
+        );
     }
 
     #[test]
@@ -257,7 +273,10 @@ mod tests {
         let at = address(&secret);
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read smaps");
         let flags = mapping_flags(&smaps, at).expect("the secret's mapping is in smaps");
-        assert!(flags.split_whitespace().any(|f| f == "dd"), "VmFlags: {flags}");
+        assert!(
+            flags.split_whitespace().any(|f| f == "dd"),
+            "VmFlags: {flags}"
+        );
     }
 
     /// The VmFlags line of the mapping containing `addr`.
