@@ -6,12 +6,14 @@
 //! [`refresh`] → [`upstream`] → [`store`]; beside them [`session`] (login, logout, revoke,
 //! restore, status), [`ratelimit`] (failed logins), [`secret`], [`config`] (with [`groups`]
 //! and [`reload`]), [`audit`], [`paths`], [`clock`], [`jwt`], [`telemetry`], [`notify`]
-//! (systemd readiness, status and watchdog), [`capability`] and [`error`].
+//! (systemd readiness, status and watchdog), [`capability`], [`error`] and [`alloc`] (the
+//! daemon's zeroizing allocator).
 
 // The daemon reports through tracing (stderr/journald), never stdout.
 #![deny(clippy::print_stdout)]
 
 pub mod admission;
+pub mod alloc;
 pub mod audit;
 pub mod authority;
 pub mod cache;

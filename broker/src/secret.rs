@@ -1,11 +1,15 @@
 //! Secret types: every token and password the broker touches lives in one of these from the
 //! moment it is parsed until it is written to the wire.
 //!
-//! They zeroize on drop (through `secrecy::SecretString`), print only a mask or a short
-//! fingerprint in `Debug`/`Display`, and are not `Clone`: copying a secret is a decision made
-//! with `duplicate()`, visible in review. This module never logs anything.
+//! They keep their bytes in the secret arena ([`arena`]: pages locked in RAM and excluded
+//! from core dumps), are wiped on drop, print only a mask or a short fingerprint in
+//! `Debug`/`Display`, and are not `Clone`: copying a secret is a decision made with
+//! `duplicate()`, visible in review. This module never logs a secret (the arena logs, once,
+//! a kernel refusing to lock or exclude its pages).
 
-use secrecy::{ExposeSecret, SecretString};
+mod arena;
+
+use arena::SecretBytes;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -19,17 +23,17 @@ pub fn fingerprint_of(value: &str) -> String {
 macro_rules! secret_newtype {
     ($(#[$doc:meta])* $name:ident, $label:literal) => {
         $(#[$doc])*
-        pub struct $name(SecretString);
+        pub struct $name(SecretBytes);
 
         impl $name {
-            /// Wraps a value; the `String` is moved in, not copied.
+            /// Takes a value: its bytes move into the secret arena and the `String` is wiped.
             pub fn new(value: String) -> Self {
-                Self(SecretString::from(value))
+                Self(SecretBytes::new(value))
             }
 
             /// The secret itself, for writing to the wire or the store. Keep the borrow short.
             pub fn expose(&self) -> &str {
-                self.0.expose_secret()
+                self.0.as_str()
             }
 
             /// Short, non-reversible identifier for logs and status.

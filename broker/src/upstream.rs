@@ -125,6 +125,8 @@ impl Upstream {
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
+            // No idle connection keeps a token in its reused read/write buffers (see README).
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("therappai-broker/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path)
@@ -276,18 +278,19 @@ impl Upstream {
         let url = format!("{}{}", self.base_url, path);
         let payload = serde_json::to_vec(&body);
         scrub_json(&mut body);
-        let mut payload = payload.map_err(|e| UpstreamError::Malformed {
+        let payload = payload.map_err(|e| UpstreamError::Malformed {
             what: format!("cannot encode request: {e}"),
         })?;
+        // Moved, not cloned: the only copy is the one reqwest frees when the request is
+        // sent, and the daemon's allocator wipes every block it frees.
         let sent = self
             .http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "application/json")
-            .body(payload.clone())
+            .body(payload)
             .send()
             .await;
-        payload.zeroize();
         let response = sent.map_err(|e| transport_error(&url, &e))?;
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers());

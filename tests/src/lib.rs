@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod grpcurl;
 pub mod keyring;
+pub mod memory_image;
 pub mod npm_packages;
 pub mod openbao;
 pub mod peer;

@@ -20,6 +20,12 @@ use tokio_util::sync::CancellationToken;
 #[path = "therappai-broker/args.rs"]
 mod args;
 
+/// Every heap block is wiped before it is freed, so buffers of the HTTP, TLS and gRPC layers
+/// that carried a token do not keep it after they are dropped (see `alloc.rs`).
+#[global_allocator]
+static ALLOCATOR: therappai_broker::alloc::ZeroizingAlloc =
+    therappai_broker::alloc::ZeroizingAlloc::new();
+
 /// Exit code for a configuration or usage error (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -104,6 +110,17 @@ fn harden() {
     let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if rc != 0 {
         tracing::warn!(error = %std::io::Error::last_os_error(), "could not make the process non-dumpable");
+    }
+    // A second lock on the same door: no core file even if something makes the process
+    // dumpable again (a setuid exec, a future prctl). The units also set LimitCORE=0, as
+    // their system-call filter refuses setrlimit.
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads one rlimit we own and only changes this process.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not set RLIMIT_CORE to 0 (the unit's LimitCORE=0 does it under systemd)");
     }
 }
 

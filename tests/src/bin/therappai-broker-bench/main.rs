@@ -9,6 +9,7 @@
 //! as JSON.
 //! Timings are medians of repeated runs; ratios are taken within the run.
 
+mod alloc_cost;
 mod fleet;
 mod floor;
 mod load;
@@ -294,6 +295,8 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
     let sizes: &[usize] = if settings.smoke { &[1, 3] } else { &[1, 3, 10] };
     eprintln!("fleet: {sizes:?} brokers sharing one account through OpenBao");
     let fleet = fleet::fleet(settings, sizes).await?;
+    eprintln!("allocator: the zeroizing allocator against the system one, in process");
+    let allocator = alloc_cost::measure(settings.smoke);
 
     Ok(serde_json::json!({
         "machine": process::machine(),
@@ -316,5 +319,6 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
             "after_load_anon_kib": loaded_anon_kib,
         },
         "cpu": cpu,
+        "allocator": allocator,
     }))
 }

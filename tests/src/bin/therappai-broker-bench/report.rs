@@ -137,7 +137,22 @@ pub fn print_table(r: &Value) {
         f(&by["libraries_kib"]) / 1024.0,
         f(&by["anonymous_kib"]) / 1024.0
     );
+    print_allocator(r);
     print_peer(r);
+}
+
+/// The memory hygiene's cost per cached call (alloc_cost.rs).
+fn print_allocator(r: &Value) {
+    let a = &r["allocator"];
+    println!(
+        "zeroizing allocator: one cached call's alloc/free pattern {:.0} ns (system allocator {:.0} ns, {:.2}×); the secret arena's duplicate() of a 1 KiB token {:.0} ns (String clone {:.0} ns, {:.2}×)",
+        f(&a["zeroizing_ns"]),
+        f(&a["system_ns"]),
+        f(&a["ratio"]),
+        f(&a["arena_duplicate_ns"]),
+        f(&a["string_clone_ns"]),
+        f(&a["ratio_duplicate"])
+    );
 }
 
 /// The oidc-agent rows: theirs beside ours, from the same run.
