@@ -148,6 +148,61 @@ pub struct UpstreamConfig {
     pub revoke_path: Option<String>,
     /// Bound on each upstream HTTP call.
     pub request_timeout: Duration,
+    /// `[upstream] proxy`: the only proxy used (the environment's `HTTPS_PROXY` and the
+    /// like are ignored); `None` connects directly.
+    pub proxy: Option<ProxyUrl>,
+}
+
+/// An `http://` or `https://` proxy URL. Its `Debug` and [`ProxyUrl::shown`] leave out any
+/// `user:password@`, so a proxy's credentials never reach a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl {
+    url: String,
+    shown: String,
+}
+
+impl ProxyUrl {
+    /// Parses and checks `text`: a scheme of `http` or `https`, a host, nothing after the
+    /// port. The error never repeats the text (it may hold credentials).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "[upstream] proxy must be a URL such as \"http://proxy.example:3128\" (scheme http or https, a host, an optional port, nothing else): {why}"
+            )
+        };
+        let url = reqwest::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(&format!("the scheme is \"{}\"", url.scheme())));
+        }
+        let Some(host) = url.host_str() else {
+            return Err(bad("it names no host"));
+        };
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("it has a path, query or fragment"));
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let shown = format!("{}://{host}:{port}", url.scheme());
+        Ok(Self {
+            url: text.to_owned(),
+            shown,
+        })
+    }
+
+    /// The URL as configured, credentials included: for the HTTP client only.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// `scheme://host:port`, without credentials: for logs and messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +227,10 @@ pub enum ConfigError {
     /// A value is well-formed TOML but not acceptable.
     #[error("invalid config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The file, or the `ca_file` it names, can be changed by someone other than root and
+    /// the broker's user (see `file_trust`).
+    #[error("refusing config file {path}: {message}")]
+    Untrusted { path: PathBuf, message: String },
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +454,7 @@ struct RawUpstream {
     ca_file: Option<PathBuf>,
     revoke_path: Option<String>,
     request_timeout_seconds: Option<u64>,
+    proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,13 +465,23 @@ struct RawAccount {
 }
 
 impl Config {
-    /// Reads and validates `path`.
+    /// Reads and validates `path`, and checks that only root and the broker's own user can
+    /// change it or its `[upstream] ca_file` (the config is policy).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let untrusted = |message: String| ConfigError::Untrusted {
+            path: path.to_owned(),
+            message,
+        };
+        crate::file_trust::check("config file", path).map_err(untrusted)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        if let Some(ca_file) = &config.upstream.ca_file {
+            crate::file_trust::check("[upstream] ca_file", ca_file).map_err(untrusted)?;
+        }
+        Ok(config)
     }
 
     /// Validates `text` as if read from `path` (the path only appears in messages).
@@ -548,11 +618,13 @@ fn validate_upstream(raw: RawUpstream) -> Result<UpstreamConfig, String> {
             "[upstream] request_timeout_seconds must be between 1 and 120, got {timeout}"
         ));
     }
+    let proxy = raw.proxy.as_deref().map(ProxyUrl::parse).transpose()?;
     Ok(UpstreamConfig {
         base_url,
         ca_file: raw.ca_file,
         revoke_path,
         request_timeout: Duration::from_secs(timeout),
+        proxy,
     })
 }
 
@@ -878,6 +950,30 @@ email = "alice@example.com"
             parse(&auto).expect("auto").store.backend,
             BackendChoice::Auto
         );
+    }
+
+    #[test]
+    fn proxy_is_checked_and_its_credentials_never_shown() {
+        assert_eq!(parse(GOOD).expect("valid").upstream.proxy, None);
+        let text = GOOD.replace(
+            "[upstream]",
+            "[upstream]\nproxy = \"http://user:hunter2@proxy.example:3128\"",
+        );
+        let proxy = parse(&text).expect("valid").upstream.proxy.expect("proxy");
+        assert_eq!(proxy.shown(), "http://proxy.example:3128");
+        assert_eq!(format!("{proxy:?}"), "http://proxy.example:3128");
+        assert_eq!(proxy.expose(), "http://user:hunter2@proxy.example:3128");
+        for bad in [
+            "socks5://user:hunter2@proxy.example:1080",
+            "http://user:hunter2@proxy.example:3128/path",
+            "proxy.example:3128",
+            "http://",
+        ] {
+            let text = GOOD.replace("[upstream]", &format!("[upstream]\nproxy = \"{bad}\""));
+            let message = parse(&text).expect_err(bad).to_string();
+            assert!(message.contains("[upstream] proxy must be"), "{message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod capability;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod file_trust;
 pub mod groups;
 pub mod health;
 pub mod jwt;

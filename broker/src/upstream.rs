@@ -95,6 +95,14 @@ impl UpstreamError {
 /// Lifetime assumed for an access token without an `exp` claim: SimpleJWT's default.
 const DEFAULT_ACCESS_LIFETIME: Duration = Duration::from_secs(300);
 
+/// Cap on a response body. The largest legitimate answer (a token pair) is a couple of KiB;
+/// anything past this is refused while it streams in, never buffered whole.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// HTTP/2 window: what a server may send before we read it (one body cap and some room).
+const MAX_BODY_WINDOW: u32 = 2 * 64 * 1024;
+/// HTTP/2 response header block cap (hyper's default is 16 MiB).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
 /// The HTTPS client for one therappai deployment.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -120,14 +128,30 @@ struct ErrorBody {
 impl Upstream {
     /// Builds the client. Fails on an unreadable or invalid `ca_file`.
     pub fn new(config: &UpstreamConfig) -> Result<Self, String> {
+        // Tokens go to the configured server only: HTTPS (TLS 1.2 or later, certificates always
+        // verified: no option turns that off), no redirect followed (a 3xx is an error, see
+        // `redirected`), no proxy but the configured one (reqwest would otherwise honour
+        // HTTPS_PROXY/ALL_PROXY from whatever environment started the broker), every call
+        // bounded in time, and HTTP/2 flow control no wider than the body cap, so a server
+        // cannot make us buffer more than that.
         let mut builder = reqwest::Client::builder()
             .https_only(true)
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             // No idle connection keeps a token in its reused read/write buffers (see README).
             .pool_max_idle_per_host(0)
+            .http2_initial_stream_window_size(MAX_BODY_WINDOW)
+            .http2_initial_connection_window_size(MAX_BODY_WINDOW)
+            .http2_max_header_list_size(MAX_HEADER_LIST)
             .user_agent(concat!("therappai-broker/", env!("CARGO_PKG_VERSION")));
+        builder = match &config.proxy {
+            None => builder.no_proxy(),
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.expose()).map_err(|e| {
+                format!("[upstream] proxy {} is not usable: {e}", proxy.shown())
+            })?),
+        };
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("cannot read [upstream] ca_file {}: {e}", path.display()))?;
@@ -293,12 +317,11 @@ impl Upstream {
             .await;
         let response = sent.map_err(|e| transport_error(&url, &e))?;
         let status = response.status().as_u16();
+        if (300..400).contains(&status) {
+            return Err(redirected(&url, status, response.headers()));
+        }
         let retry_after = retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&url, &e))?
-            .to_vec();
+        let bytes = read_capped(response, &url).await?;
         if status == 429 {
             return Err(UpstreamError::RateLimited { retry_after });
         }
@@ -378,6 +401,74 @@ fn error_for(status: u16, bytes: &[u8], sent_secrets: &[&str]) -> UpstreamError 
     }
 }
 
+/// A 3xx answer. Redirects are never followed: one to `http://` or to another host would send
+/// the token there, and the configured `base_url` is the only server tokens may go to. The
+/// message names the target's scheme and host only: its path or query could carry anything.
+/// An upstream failure (retried with back-off), not a dead session.
+fn redirected(url: &str, status: u16, headers: &reqwest::header::HeaderMap) -> UpstreamError {
+    let target = match headers.get(reqwest::header::LOCATION) {
+        None => "no Location".to_owned(),
+        Some(location) => location
+            .to_str()
+            .ok()
+            .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
+            .and_then(|l| {
+                let host = l.host_str()?.to_owned();
+                let port = l.port_or_known_default().map_or_else(String::new, |p| format!(":{p}"));
+                Some(format!("a redirect to {}://{host}{port}", l.scheme()))
+            })
+            .unwrap_or_else(|| "an unusable Location".to_owned()),
+    };
+    UpstreamError::Unavailable {
+        reason: format!(
+            "POST {url} answered HTTP {status} with {target}; the broker never follows redirects (tokens go only to the configured server): set [upstream] base_url to the URL the therappai API answers at itself"
+        ),
+    }
+}
+
+/// The body, read chunk by chunk and refused as soon as it passes [`MAX_RESPONSE_BODY`].
+async fn read_capped(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>, UpstreamError> {
+    let too_large = || UpstreamError::Unavailable {
+        reason: format!(
+            "POST {url} answered with a body larger than {} KiB (a real answer is a couple of KiB); check that [upstream] base_url points at the therappai API",
+            MAX_RESPONSE_BODY / 1024
+        ),
+    };
+    let announced = response.content_length().unwrap_or(0);
+    if announced > MAX_RESPONSE_BODY as u64 {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0).max(4096));
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                body.zeroize();
+                return Err(transport_error(url, &e));
+            }
+        };
+        if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+            body.zeroize();
+            return Err(too_large());
+        }
+        append_wiping(&mut body, &chunk);
+    }
+}
+
+/// Appends `chunk`; when `body` must grow, the old allocation is wiped, not just freed (a
+/// body may hold a token).
+fn append_wiping(body: &mut Vec<u8>, chunk: &[u8]) {
+    let needed = body.len() + chunk.len();
+    if needed > body.capacity() {
+        let mut grown = Vec::with_capacity(needed.max(body.capacity() * 2));
+        grown.extend_from_slice(body);
+        body.zeroize();
+        *body = grown;
+    }
+    body.extend_from_slice(chunk);
+}
+
 fn transport_error(url: &str, e: &reqwest::Error) -> UpstreamError {
     // reqwest's Display includes the URL, which never carries a secret here.
     let kind = if e.is_timeout() {
@@ -393,11 +484,17 @@ fn transport_error(url: &str, e: &reqwest::Error) -> UpstreamError {
         source = c.to_string();
         cause = c.source();
     }
+    // rustls says "invalid peer certificate: UnknownIssuer" and the like; say what to check.
+    let advice = if source.to_ascii_lowercase().contains("certificate") {
+        "; the server's TLS certificate was refused: check [upstream] ca_file (it must hold the CA that signed the certificate of [upstream] base_url's host) and that base_url names the host the certificate is for"
+    } else {
+        ""
+    };
     UpstreamError::Unavailable {
         reason: if source.is_empty() {
-            format!("POST {url}: {kind}")
+            format!("POST {url}: {kind}{advice}")
         } else {
-            format!("POST {url}: {kind}: {source}")
+            format!("POST {url}: {kind}: {source}{advice}")
         },
     }
 }
@@ -424,6 +521,36 @@ mod tests {
         let body = "é".repeat(500);
         let err = error_for(418, body.as_bytes(), &[]);
         assert!(err.to_string().chars().count() < 300);
+    }
+
+    #[test]
+    fn a_redirect_names_scheme_and_host_only() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::LOCATION,
+            reqwest::header::HeaderValue::from_static("http://evil.example/steal?refresh=abc"),
+        );
+        let err = redirected("https://api.example/api/v1/refresh/", 302, &headers);
+        let message = err.to_string();
+        assert!(err.is_transient(), "a redirect is not a dead session");
+        assert!(message.contains("HTTP 302 with a redirect to http://evil.example:80"), "{message}");
+        assert!(!message.contains("steal") && !message.contains("abc"), "{message}");
+        assert!(message.contains("[upstream] base_url"), "{message}");
+        headers.insert(
+            reqwest::header::LOCATION,
+            reqwest::header::HeaderValue::from_static("/elsewhere/"),
+        );
+        let message = redirected("https://api.example/x/", 301, &headers).to_string();
+        assert!(message.contains("https://api.example:443;"), "{message}");
+    }
+
+    #[test]
+    fn growing_a_body_keeps_its_bytes() {
+        let mut body = Vec::with_capacity(2);
+        for chunk in [&b"ab"[..], b"cde", b"", b"fghij"] {
+            append_wiping(&mut body, chunk);
+        }
+        assert_eq!(body, b"abcdefghij");
     }
 
     #[test]

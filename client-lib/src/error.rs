@@ -17,6 +17,21 @@ pub enum Error {
         "you may not connect to the therappai broker at {socket}: permission denied. Only its owner and members of group `{group}` may: for the system broker, ask an admin to run `usermod -aG {group} $USER` (it takes effect at your next login); a user session's broker serves its own user only"
     )]
     SocketForbidden { socket: PathBuf, group: String },
+    /// The process listening on the socket is not the broker: it runs as a uid that is
+    /// neither root, the caller's own, nor the broker's system user. Nothing was sent to it.
+    #[error(
+        "refusing to talk to {socket}: the process listening on it runs as uid {uid}{user}{pid}, which is neither root, you (uid {own_uid}) nor the broker's system user `therappai-broker`, so it is not the therappai broker; nothing was sent to it. If that socket should not be there, remove it (`rm {socket}`) and find out who created it; otherwise check the path, or point at the real broker with --socket PATH / THERAPPAI_BROKER_SOCKET",
+        socket = socket.display()
+    )]
+    NotTheBroker {
+        socket: PathBuf,
+        uid: u32,
+        /// ` (name)` of that uid, or empty.
+        user: String,
+        /// `, pid N` of the listener, or empty.
+        pid: String,
+        own_uid: u32,
+    },
     /// No socket path was given and no broker socket exists at the default paths.
     #[error(
         "no therappai broker socket found (tried {}). Start the broker: `systemctl --user start therappai-broker.socket` for your session, or `sudo systemctl enable --now therappai-broker.socket` for the system service; or point at it with --socket PATH / THERAPPAI_BROKER_SOCKET",

@@ -13,11 +13,13 @@
 
 mod call;
 mod error;
+mod peer_check;
 mod session;
 mod token;
 
 pub use call::{ApiAnswer, CallError, MAX_CALL_ATTEMPTS};
 pub use error::Error;
+pub use peer_check::BROKER_USER;
 pub use session::{SessionChange, SessionState, SessionWatch};
 pub use therappai_broker_proto::v1 as proto;
 pub use token::AccessToken;
@@ -72,9 +74,25 @@ impl Client {
         Self::connect(default_socket()?).await
     }
 
-    /// Connects to the broker listening on `socket`.
+    /// Connects to the broker listening on `socket`. Before anything is sent, the process
+    /// listening there must run as root, as this process's own user, or as the system user
+    /// [`BROKER_USER`]; anyone else gets [`Error::NotTheBroker`] (a planted socket never sees
+    /// a request, let alone a password).
     pub async fn connect(socket: impl AsRef<Path>) -> Result<Self, Error> {
-        let socket = socket.as_ref().to_owned();
+        Self::connect_checked(socket.as_ref(), None).await
+    }
+
+    /// [`Client::connect`], also trusting a broker that runs as `broker_uid` (a broker started
+    /// under a service user of another name).
+    pub async fn connect_expecting_uid(
+        socket: impl AsRef<Path>,
+        broker_uid: u32,
+    ) -> Result<Self, Error> {
+        Self::connect_checked(socket.as_ref(), Some(broker_uid)).await
+    }
+
+    async fn connect_checked(socket: &Path, expected_uid: Option<u32>) -> Result<Self, Error> {
+        let socket = socket.to_owned();
         let unreachable = |reason: String| Error::Unreachable {
             socket: socket.clone(),
             reason,
@@ -85,10 +103,23 @@ impl Client {
         let endpoint = Endpoint::from_shared(format!("unix://{}", socket.display()))
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| {
+        let connector = peer_check::CheckedConnector::new(&socket, expected_uid);
+        let channel = endpoint.connect_with_connector(connector).await.map_err(|e| {
             let mut reason = e.to_string();
             let mut cause = std::error::Error::source(&e);
             while let Some(c) = cause {
+                if let Some(listener) = c.downcast_ref::<peer_check::UntrustedListener>() {
+                    return Error::NotTheBroker {
+                        socket: listener.socket.clone(),
+                        uid: listener.uid,
+                        user: peer_check::user_name(listener.uid)
+                            .map_or_else(String::new, |name| format!(" ({name})")),
+                        pid: listener
+                            .pid
+                            .map_or_else(String::new, |pid| format!(", pid {pid}")),
+                        own_uid: peer_check::own_uid(),
+                    };
+                }
                 if c.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
                 {

@@ -61,6 +61,10 @@ pub struct BrokerOptions {
     /// The `[refresh]` section. Tests default to short retry delays so that waiting for a
     /// recovery costs little.
     pub refresh_section: String,
+    /// Extra keys of the `[upstream]` table (e.g. `proxy = "http://127.0.0.1:3128"`).
+    pub upstream_config: String,
+    /// Extra environment variables of the daemon (e.g. `HTTPS_PROXY`).
+    pub env: Vec<(String, String)>,
 }
 
 impl BrokerOptions {
@@ -78,6 +82,8 @@ impl BrokerOptions {
             extra_config: String::new(),
             shared_dir: false,
             launcher: Vec::new(),
+            upstream_config: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -200,6 +206,7 @@ impl Broker {
             .arg(&self.options.log_level)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
@@ -575,6 +582,8 @@ fn config_text(
     if let Some(path) = &options.revoke_path {
         config.push_str(&format!("revoke_path = \"{path}\"\n"));
     }
+    config.push_str(&options.upstream_config);
+    config.push('\n');
     for (name, email) in &options.accounts {
         config.push_str(&format!(
             "\n[[account]]\nname = \"{name}\"\nemail = \"{email}\"\n"

@@ -11,6 +11,7 @@
 )]
 
 pub mod broker;
+pub mod connect_proxy;
 pub mod grpcurl;
 pub mod keyring;
 pub mod memory_image;

@@ -82,7 +82,9 @@ fn exit_code(e: &Error) -> u8 {
     match e {
         Error::NotLoggedIn { .. } => exit::NOT_LOGGED_IN,
         Error::PermissionDenied { .. } | Error::SocketForbidden { .. } => exit::PERMISSION_DENIED,
-        Error::Unreachable { .. } | Error::NoBroker { .. } => exit::UNREACHABLE,
+        Error::Unreachable { .. } | Error::NoBroker { .. } | Error::NotTheBroker { .. } => {
+            exit::UNREACHABLE
+        }
         Error::Upstream { .. } => exit::UPSTREAM,
         Error::InvalidCredentials { .. } => exit::INVALID_CREDENTIALS,
         Error::UnknownAccount { .. } => exit::UNKNOWN_ACCOUNT,

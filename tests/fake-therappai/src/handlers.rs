@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -40,9 +41,14 @@ impl std::error::Error for InjectedDisconnect {}
 
 type Reply = Response<Full<Bytes>>;
 type Outcome = Result<Reply, InjectedDisconnect>;
+/// What goes on the wire: a reply's full body, or one streamed by a knob.
+pub(crate) type WireBody = BoxBody<Bytes, std::convert::Infallible>;
 
 /// Entry point for every request on every connection.
-pub(crate) async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Outcome {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<WireBody>, InjectedDisconnect> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let outcome = route(&shared, req).await;
@@ -50,7 +56,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Outcom
         Ok(reply) => tracing::info!(%method, %path, status = reply.status().as_u16(), "request"),
         Err(_) => tracing::info!(%method, %path, "request dropped (injected disconnect)"),
     }
-    outcome
+    outcome.map(crate::streamed::wire_body)
 }
 
 async fn route(shared: &Shared, req: Request<Incoming>) -> Outcome {
@@ -121,6 +127,9 @@ fn injected(shared: &Shared, endpoint: Endpoint) -> Option<Outcome> {
             retry_after,
         } => Ok(fault_reply(status, retry_after)),
         Fault::Disconnect => Err(InjectedDisconnect),
+        Fault::Redirect { status, location } => Ok(crate::streamed::redirect(status, &location)),
+        Fault::HugeBody { bytes } => Ok(crate::streamed::reply(crate::streamed::Plan::Huge(bytes))),
+        Fault::Trickle => Ok(crate::streamed::reply(crate::streamed::Plan::Trickle)),
     })
 }
 

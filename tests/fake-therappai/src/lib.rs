@@ -11,6 +11,7 @@ mod handlers;
 mod jwt;
 mod server;
 mod state;
+mod streamed;
 mod tls;
 
 use std::fmt;

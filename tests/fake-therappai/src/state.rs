@@ -69,7 +69,7 @@ pub enum Endpoint {
 }
 
 /// One scripted failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fault {
     /// Answer with this status (and optionally a `Retry-After` in whole seconds).
     Status {
@@ -78,6 +78,12 @@ pub(crate) enum Fault {
     },
     /// Close the connection without answering.
     Disconnect,
+    /// Answer with a 3xx `status` and this `Location`.
+    Redirect { status: u16, location: Arc<str> },
+    /// Answer `200` with a body of `bytes` spaces, streamed without a `Content-Length`.
+    HugeBody { bytes: usize },
+    /// Answer `200` headers at once, then one byte of body every 200 ms, forever.
+    Trickle,
 }
 
 #[derive(Debug)]
@@ -231,6 +237,33 @@ impl Knobs {
     /// When disabled, the blacklist path answers `404` like a deployment without it.
     pub fn set_revoke_path_enabled(&self, on: bool) {
         self.state().revoke_path_enabled = on;
+    }
+
+    // --- Hostile network answers (redirects, huge and endless bodies) ---
+
+    /// Answers the next `count` requests to `endpoint` with a 3xx `status` and `Location:
+    /// location` (the token is not consumed).
+    pub fn redirect_next(&self, endpoint: Endpoint, count: usize, status: u16, location: &str) {
+        self.push_faults(
+            endpoint,
+            count,
+            Fault::Redirect {
+                status,
+                location: Arc::from(location),
+            },
+        );
+    }
+
+    /// Answers the next `count` requests to `endpoint` with `200` and a body of `bytes`
+    /// bytes, streamed as fast as the client reads, with no `Content-Length` announcing it.
+    pub fn huge_body_next(&self, endpoint: Endpoint, count: usize, bytes: usize) {
+        self.push_faults(endpoint, count, Fault::HugeBody { bytes });
+    }
+
+    /// Answers the next `count` requests to `endpoint` with `200` headers, then trickles the
+    /// body one byte every 200 ms and never ends it.
+    pub fn trickle_next(&self, endpoint: Endpoint, count: usize) {
+        self.push_faults(endpoint, count, Fault::Trickle);
     }
 }
 
