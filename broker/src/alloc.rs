@@ -128,7 +128,6 @@ unsafe impl<A: MallocBacked> GlobalAlloc for ZeroizingAlloc<A> {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::expect_used, reason = "unit tests: a failed step panics")]
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

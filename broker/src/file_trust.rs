@@ -157,6 +157,9 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_left_to_the_reader() {
-        assert_eq!(check("config file", Path::new("/nonexistent/x.toml")), Ok(()));
+        assert_eq!(
+            check("config file", Path::new("/nonexistent/x.toml")),
+            Ok(())
+        );
     }
 }

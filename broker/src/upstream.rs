@@ -146,12 +146,13 @@ impl Upstream {
             .http2_initial_connection_window_size(MAX_BODY_WINDOW)
             .http2_max_header_list_size(MAX_HEADER_LIST)
             .user_agent(concat!("therappai-broker/", env!("CARGO_PKG_VERSION")));
-        builder = match &config.proxy {
-            None => builder.no_proxy(),
-            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.expose()).map_err(|e| {
-                format!("[upstream] proxy {} is not usable: {e}", proxy.shown())
-            })?),
-        };
+        builder =
+            match &config.proxy {
+                None => builder.no_proxy(),
+                Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.expose()).map_err(|e| {
+                    format!("[upstream] proxy {} is not usable: {e}", proxy.shown())
+                })?),
+            };
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("cannot read [upstream] ca_file {}: {e}", path.display()))?;
@@ -414,7 +415,9 @@ fn redirected(url: &str, status: u16, headers: &reqwest::header::HeaderMap) -> U
             .and_then(|l| reqwest::Url::parse(url).ok()?.join(l).ok())
             .and_then(|l| {
                 let host = l.host_str()?.to_owned();
-                let port = l.port_or_known_default().map_or_else(String::new, |p| format!(":{p}"));
+                let port = l
+                    .port_or_known_default()
+                    .map_or_else(String::new, |p| format!(":{p}"));
                 Some(format!("a redirect to {}://{host}{port}", l.scheme()))
             })
             .unwrap_or_else(|| "an unusable Location".to_owned()),
@@ -533,8 +536,14 @@ mod tests {
         let err = redirected("https://api.example/api/v1/refresh/", 302, &headers);
         let message = err.to_string();
         assert!(err.is_transient(), "a redirect is not a dead session");
-        assert!(message.contains("HTTP 302 with a redirect to http://evil.example:80"), "{message}");
-        assert!(!message.contains("steal") && !message.contains("abc"), "{message}");
+        assert!(
+            message.contains("HTTP 302 with a redirect to http://evil.example:80"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("steal") && !message.contains("abc"),
+            "{message}"
+        );
         assert!(message.contains("[upstream] base_url"), "{message}");
         headers.insert(
             reqwest::header::LOCATION,

@@ -104,35 +104,38 @@ impl Client {
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(5));
         let connector = peer_check::CheckedConnector::new(&socket, expected_uid);
-        let channel = endpoint.connect_with_connector(connector).await.map_err(|e| {
-            let mut reason = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                if let Some(listener) = c.downcast_ref::<peer_check::UntrustedListener>() {
-                    return Error::NotTheBroker {
-                        socket: listener.socket.clone(),
-                        uid: listener.uid,
-                        user: peer_check::user_name(listener.uid)
-                            .map_or_else(String::new, |name| format!(" ({name})")),
-                        pid: listener
-                            .pid
-                            .map_or_else(String::new, |pid| format!(", pid {pid}")),
-                        own_uid: peer_check::own_uid(),
-                    };
+        let channel = endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| {
+                let mut reason = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    if let Some(listener) = c.downcast_ref::<peer_check::UntrustedListener>() {
+                        return Error::NotTheBroker {
+                            socket: listener.socket.clone(),
+                            uid: listener.uid,
+                            user: peer_check::user_name(listener.uid)
+                                .map_or_else(String::new, |name| format!(" ({name})")),
+                            pid: listener
+                                .pid
+                                .map_or_else(String::new, |pid| format!(", pid {pid}")),
+                            own_uid: peer_check::own_uid(),
+                        };
+                    }
+                    if c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+                    {
+                        return Error::SocketForbidden {
+                            group: socket_group(&socket),
+                            socket: socket.clone(),
+                        };
+                    }
+                    reason = c.to_string();
+                    cause = c.source();
                 }
-                if c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-                {
-                    return Error::SocketForbidden {
-                        group: socket_group(&socket),
-                        socket: socket.clone(),
-                    };
-                }
-                reason = c.to_string();
-                cause = c.source();
-            }
-            unreachable(reason)
-        })?;
+                unreachable(reason)
+            })?;
         Ok(Self {
             inner: BrokerClient::new(channel),
             socket,

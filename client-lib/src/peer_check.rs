@@ -126,7 +126,8 @@ pub(crate) fn user_name(uid: u32) -> Option<String> {
         let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: as in `uid_of`; `pw_name` points into `buf`, which outlives its read below.
-        let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
         match rc {
             0 if result.is_null() || pw.pw_name.is_null() => return None,
             0 => {

@@ -223,7 +223,6 @@ fn note_once(seen: &AtomicBool, call: &str, consequence: &str) {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::expect_used, reason = "unit tests: a failed step panics")]
     use super::*;
 
     fn address(s: &SecretBytes) -> usize {
