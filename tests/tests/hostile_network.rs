@@ -48,6 +48,8 @@ async fn proxies_from_the_environment_are_ignored() {
     }
     let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
     broker.login("default", PASSWORD).await;
+    // Login's token is issued already expired, so the token call refreshes too.
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
     let token = broker.token("default").await;
     assert!(fake.issued_tokens().contains(&token));
     assert_eq!(
@@ -67,8 +69,11 @@ async fn the_configured_proxy_carries_every_call() {
     options.upstream_config = format!("proxy = \"{}\"\n", proxy.url());
     let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
     broker.login("default", PASSWORD).await;
+    // Login's token is issued already expired, so the token call refreshes too.
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
     let token = broker.token("default").await;
     assert!(fake.issued_tokens().contains(&token));
+    assert_eq!(fake.counters().refresh_calls, 1, "a login and a refresh");
     let target = fake.local_addr().to_string();
     let connects = proxy.connects();
     assert!(
@@ -109,7 +114,11 @@ async fn redirects_are_refused_and_the_session_survives() {
         "never the Location's path or query: {}",
         out.stderr
     );
-    assert_eq!(fake.counters().refresh_calls, 1, "the redirect was not followed");
+    assert_eq!(
+        fake.counters().refresh_calls,
+        1,
+        "the redirect was not followed"
+    );
     let token = broker.token_eventually("default", CALL_BOUND).await;
     assert!(fake.issued_tokens().contains(&token));
     assert_eq!(fake.counters().login_ok, 1, "no new login was needed");
@@ -139,7 +148,11 @@ async fn an_untrusted_certificate_is_refused_with_what_to_check() {
         "names the certificate problem and what to check: {}",
         out.stderr
     );
-    assert_eq!(fake.counters().login_calls, 0, "no request reached the server");
+    assert_eq!(
+        fake.counters().login_calls,
+        0,
+        "no request reached the server"
+    );
     assert!(!broker.logs().contains(PASSWORD));
 }
 
