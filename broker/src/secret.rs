@@ -8,10 +8,13 @@
 //! a kernel refusing to lock or exclude its pages).
 
 mod arena;
+mod idle_wipe;
 
 use arena::SecretBytes;
 use sha2::{Digest, Sha256};
 use std::fmt;
+
+pub use idle_wipe::wipe_idle_thread;
 
 /// First 8 hex digits of SHA-256 of a secret: enough to correlate log lines, useless to an
 /// attacker.

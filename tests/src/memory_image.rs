@@ -32,6 +32,7 @@ pub struct Region {
 pub fn read_process(pid: i32) -> Vec<Region> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read maps");
     let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open /proc/PID/mem");
+    let stacks = thread_stack_pointers(pid);
     let mut regions = Vec::new();
     for line in maps.lines() {
         let Some((range, rest)) = line.split_once(' ') else {
@@ -47,10 +48,16 @@ pub fn read_process(pid: i32) -> Vec<Region> {
         let ok =
             mem.seek(SeekFrom::Start(start as u64)).is_ok() && mem.read_exact(&mut bytes).is_ok();
         if ok {
+            let mut description = rest.trim_end().to_owned();
+            for (tid, name, sp) in stacks.iter().filter(|(_, _, sp)| (start..end).contains(sp)) {
+                description.push_str(&format!(
+                    " (the stack of thread {tid} \"{name}\", parked at sp {sp:#x})"
+                ));
+            }
             regions.push(Region {
                 start,
                 end,
-                description: rest.to_owned(),
+                description,
                 bytes,
             });
         }
@@ -60,6 +67,28 @@ pub fn read_process(pid: i32) -> Vec<Region> {
         "nothing of process {pid} could be read"
     );
     regions
+}
+
+/// (tid, name, stack pointer) of every thread of `pid` that is in a system call (an idle
+/// one is), from `/proc/PID/task/TID/syscall`: which anonymous mapping is whose stack.
+fn thread_stack_pointers(pid: i32) -> Vec<(u32, String, usize)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let syscall = std::fs::read_to_string(task.path().join("syscall")).ok()?;
+            let sp = syscall.split_whitespace().nth(7)?.strip_prefix("0x")?;
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            Some((
+                tid,
+                name.trim().to_owned(),
+                usize::from_str_radix(sp, 16).ok()?,
+            ))
+        })
+        .collect()
 }
 
 fn parse_range(range: &str) -> Option<(usize, usize)> {
@@ -126,8 +155,9 @@ fn core_segments(image: &[u8]) -> Vec<Region> {
             4 => regions.push(Region {
                 start: offset,
                 end: offset + filesz,
-                description: "the notes (thread registers) of the gcore image, at file offset"
-                    .to_owned(),
+                description:
+                    "the notes (thread registers) of the gcore image; the address is a file offset"
+                        .to_owned(),
                 bytes,
             }),
             _ => {}

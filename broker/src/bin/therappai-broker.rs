@@ -131,6 +131,9 @@ fn run(
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
+        // An idle worker would keep the last bytes of the token it served on its stack and in
+        // its registers.
+        .on_thread_park(therappai_broker::secret::wipe_idle_thread)
         .enable_all()
         .build()
         .context("start the async runtime")?;

@@ -406,7 +406,14 @@ impl StoreHandle {
     {
         let inner = Arc::clone(&self.inner);
         let backend = inner.backend();
-        let result = match tokio::task::spawn_blocking(move || call(inner.as_ref())).await {
+        let result = match tokio::task::spawn_blocking(move || {
+            let result = call(inner.as_ref());
+            // This thread may now idle for seconds holding the secret's last bytes.
+            crate::secret::wipe_idle_thread();
+            result
+        })
+        .await
+        {
             Ok(result) => result,
             // The panic payload is not shown: we cannot vouch for what it contains.
             Err(e) => Err(StoreError::TaskFailed {
