@@ -92,6 +92,9 @@ pub struct RefreshConfig {
     /// First pause after a failed cycle; doubles per consecutive failure, with jitter, up to
     /// `failure_backoff` (see `refresh::schedule::failure_pause`).
     pub failure_backoff_initial: Duration,
+    /// A rejected-token report on a token younger than this is refused rather than
+    /// refreshed: an allowed app cannot make the broker refresh in a loop.
+    pub report_min_age: Duration,
 }
 
 impl Default for RefreshConfig {
@@ -104,6 +107,7 @@ impl Default for RefreshConfig {
             retry_after_max: Duration::from_secs(30),
             failure_backoff: Duration::from_secs(30),
             failure_backoff_initial: Duration::from_secs(1),
+            report_min_age: Duration::from_secs(10),
         }
     }
 }
@@ -349,6 +353,7 @@ struct RawRefresh {
     retry_after_max_seconds: Option<u64>,
     failure_backoff_seconds: Option<u64>,
     failure_backoff_initial_ms: Option<u64>,
+    report_min_age_seconds: Option<u64>,
 }
 
 impl RawRefresh {
@@ -376,7 +381,14 @@ impl RawRefresh {
             retry_after_max: secs(self.retry_after_max_seconds, d.retry_after_max),
             failure_backoff: secs(self.failure_backoff_seconds, d.failure_backoff),
             failure_backoff_initial: ms(self.failure_backoff_initial_ms, d.failure_backoff_initial),
+            report_min_age: secs(self.report_min_age_seconds, d.report_min_age),
         };
+        if config.report_min_age > Duration::from_secs(300) {
+            return Err(format!(
+                "[refresh] report_min_age_seconds must be at most 300 (0 acts on every report), got {}",
+                config.report_min_age.as_secs()
+            ));
+        }
         if config.backoff_initial > config.backoff_max {
             return Err("[refresh] backoff_initial_ms must not exceed backoff_max_ms".to_owned());
         }

@@ -91,6 +91,21 @@ pub enum BrokerError {
         "{what} failed inside the broker, which is a bug: the broker's log (`journalctl -u therappai-broker`) has the details; please report them, then run the same command again"
     )]
     Internal { what: &'static str },
+    /// A rejected-token report on a token younger than `[refresh] report_min_age_seconds`:
+    /// refused, so that an app cannot make the broker refresh in a loop.
+    #[error(
+        "the access token of account \"{account}\" that was reported rejected is only {} s old, and a report is acted on once the token is {} s old ([refresh] report_min_age_seconds): report again in {} s if it is still refused; a token this new refused points at the app's API host or this machine's clock (`timedatectl status`)",
+        .age.as_secs(),
+        .min_age.as_secs(),
+        whole_seconds_up(*.retry_in)
+    )]
+    ReportTooSoon {
+        account: String,
+        age: std::time::Duration,
+        min_age: std::time::Duration,
+        retry_at: std::time::SystemTime,
+        retry_in: std::time::Duration,
+    },
     /// Too many failed logins: the caller may try again at `retry_at`.
     #[error(
         "{}: wait until {} (in {} s), then run `therappai-brokerctl login --account {account}` again",
@@ -177,6 +192,7 @@ impl BrokerError {
             Self::Store { .. } => "store-failed",
             Self::InvalidArgument { .. } => "invalid-argument",
             Self::RateLimited { .. } => "rate-limited",
+            Self::ReportTooSoon { .. } => "report-too-soon",
             Self::Internal { .. } => "internal",
             Self::TooManyCalls { .. } => "too-many-calls",
             Self::TooManyConnections { .. } => "too-many-connections",
@@ -194,7 +210,7 @@ impl BrokerError {
             Self::UpstreamRefused { .. } => Code::FailedPrecondition,
             Self::Store { .. } => Code::Internal,
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::RateLimited { .. } | Self::ReportTooSoon { .. } => Code::ResourceExhausted,
             Self::Internal { .. } => Code::Internal,
             Self::TooManyCalls { .. }
             | Self::TooManyConnections { .. }
@@ -211,7 +227,8 @@ impl From<BrokerError> for Status {
             status.metadata_mut().insert(REASON_KEY, value);
         }
         if let BrokerError::RateLimited { retry_at, .. }
-        | BrokerError::UpstreamRetrying { retry_at, .. } = &err
+        | BrokerError::UpstreamRetrying { retry_at, .. }
+        | BrokerError::ReportTooSoon { retry_at, .. } = &err
         {
             let unix = crate::jwt::unix_seconds(*retry_at);
             if let Ok(value) = unix.to_string().parse() {

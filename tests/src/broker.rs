@@ -59,7 +59,8 @@ pub struct BrokerOptions {
     /// `[upstream] request_timeout_seconds`.
     pub request_timeout_seconds: u64,
     /// The `[refresh]` section. Tests default to short retry delays so that waiting for a
-    /// recovery costs little.
+    /// recovery costs little, and to acting on every rejected-token report (they report
+    /// tokens seconds old; `report_too_soon.rs` tests the minimum age).
     pub refresh_section: String,
     /// Extra keys of the `[upstream]` table (e.g. `proxy = "http://127.0.0.1:3128"`).
     pub upstream_config: String,
@@ -78,7 +79,7 @@ impl BrokerOptions {
             top_config: String::new(),
             store_service: None,
             request_timeout_seconds: 5,
-            refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\n".to_owned(),
+            refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\nreport_min_age_seconds = 0\n".to_owned(),
             extra_config: String::new(),
             shared_dir: false,
             launcher: Vec::new(),

@@ -114,6 +114,28 @@ impl Refresher {
         self.cycles.wait().await;
     }
 
+    /// Refuses a report on the current access token while it is younger than
+    /// `report_min_age`: an allowed app reporting every token it gets must not turn the
+    /// broker into a refresh loop. A report on an older token, or on one no longer current,
+    /// is not refused (it is answered from the cache or by one refresh, as before).
+    pub fn report_too_soon(&self, slot: &AccountSlot, fingerprint: &str) -> Option<BrokerError> {
+        let now = self.clock.now();
+        let state = slot.state();
+        let access = state
+            .access
+            .as_ref()
+            .filter(|a| a.token.fingerprint() == fingerprint)?;
+        let age = now.duration_since(access.received_at).unwrap_or_default();
+        let retry_in = self.config.report_min_age.checked_sub(age)?;
+        (!retry_in.is_zero()).then(|| BrokerError::ReportTooSoon {
+            account: slot.config.name.clone(),
+            age,
+            min_age: self.config.report_min_age,
+            retry_at: now + retry_in,
+            retry_in,
+        })
+    }
+
     /// A token for `slot` that satisfies `need`, refreshing if the cache cannot answer.
     pub async fn obtain(
         self: &Arc<Self>,

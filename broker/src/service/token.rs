@@ -109,6 +109,9 @@ impl BrokerService {
             access_sha256 = %fingerprint,
             "an app reports its access token was rejected"
         );
+        if let Some(too_soon) = self.refresher.report_too_soon(slot, &fingerprint) {
+            return Err(too_soon);
+        }
         let served = self
             .refresher
             .obtain(
