@@ -97,6 +97,12 @@ pub struct SlotState {
     /// yet; this is the fingerprint of the token it was rotated from, which the fleet's entry
     /// still holds. Until it is written, memory is newer than the entry.
     pub fleet_pending_from: Option<String>,
+    /// Logouts and revokes of this account between their step 1 and the flight slot (see
+    /// `session::end`): a refresh in flight that rotated hands them its new refresh token.
+    ends_waiting: usize,
+    /// The refresh token a refresh rotated to while an end was waiting: the live one, which
+    /// the end revokes and reports on (the one it took from memory was rotated away).
+    rotated_for_end: Option<RefreshToken>,
     /// Session generation, bumped by [`SlotState::end_session`] (see the module doc).
     epoch: u64,
     events: broadcast::Sender<SessionEvent>,
@@ -189,6 +195,29 @@ impl SlotState {
         }
     }
 
+    /// A logout or revoke has ended the session in memory and now waits for the flight slot.
+    pub fn end_waits(&mut self) {
+        self.ends_waiting += 1;
+    }
+
+    /// The end that called [`SlotState::end_waits`] has the flight slot: the refresh token
+    /// a cycle rotated to meanwhile, if any.
+    pub fn end_proceeds(&mut self) -> Option<RefreshToken> {
+        self.ends_waiting = self.ends_waiting.saturating_sub(1);
+        self.rotated_for_end.take()
+    }
+
+    /// A cycle whose session ended while it rotated: the rotated token goes to the waiting
+    /// end, which revokes it and reports on it; `Err` gives it back when no end waits (a
+    /// fleet's logout elsewhere), and the cycle revokes it itself.
+    pub fn hand_to_end(&mut self, rotated: RefreshToken) -> Result<(), RefreshToken> {
+        if self.ends_waiting == 0 {
+            return Err(rotated);
+        }
+        self.rotated_for_end = Some(rotated);
+        Ok(())
+    }
+
     /// Tells the background refresher that the tokens changed, so it reschedules.
     pub fn wake_scheduler(&self) {
         self.wake.notify_one();
@@ -238,6 +267,8 @@ impl AccountSlot {
                 needs_login_reason: None,
                 ended_refresh: None,
                 fleet_pending_from: None,
+                ends_waiting: 0,
+                rotated_for_end: None,
                 epoch: 0,
                 events,
                 wake: Arc::clone(&wake),

@@ -2,9 +2,17 @@
 //! do), the local wipe always happens (checked in the store itself), it is an audit event, and
 //! a token request in flight during a revoke never gets the old session's token.
 
-use fake_therappai::FakeTherappai;
+#![expect(
+    clippy::expect_used,
+    reason = "end-to-end test: a failed step panics with its reason"
+)]
+
+use fake_therappai::{Endpoint, FakeTherappai};
 use std::time::Duration;
-use therappai_broker_e2e::{Broker, BrokerOptions, StoreKind, fake_with_user, wait_until};
+use therappai_broker_e2e::memory_image;
+use therappai_broker_e2e::{
+    Broker, BrokerOptions, CtlOutput, StoreKind, fake_with_user, wait_until,
+};
 
 const EMAIL: &str = "frank@example.com";
 const PASSWORD: &str = "franks-long-password";
@@ -203,4 +211,93 @@ async fn token_request_racing_a_revoke_never_gets_the_old_sessions_token() {
     let token = broker.ctl(&["token", "--account", "default"]).await;
     assert_eq!(token.code, 3, "{}", token.stderr);
     assert!(!token.stdout.contains(&minted));
+}
+
+/// Starts a refresh that therappai holds for 3 s and rotates, and a revoke while it is held;
+/// returns the revoke's output and the refresh token the rotation issued (the live one).
+async fn revoke_during_a_rotation(fake: &FakeTherappai, broker: &Broker) -> (CtlOutput, String) {
+    broker.login("default", PASSWORD).await;
+    fake.knobs().set_rotation(true);
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    fake.knobs().set_refresh_delay(Duration::from_secs(3));
+    let socket = broker.socket_path().to_owned();
+    let in_flight = tokio::spawn(async move {
+        let mut client = therappai_broker_client::Client::connect(&socket)
+            .await
+            .expect("connect");
+        client.access_token("default").await
+    });
+    wait_until(
+        "the token request's refresh to reach the upstream",
+        Duration::from_secs(10),
+        || fake.counters().refresh_calls == 1,
+    );
+    let revoke = broker.ctl(&["revoke", "--account", "default"]).await;
+    assert!(
+        in_flight.await.expect("token task").is_err(),
+        "the in-flight caller gets no token of the revoked session"
+    );
+    assert_eq!(
+        fake.counters().refresh_ok,
+        1,
+        "the rotation happened upstream"
+    );
+    let rotated = fake
+        .issued_tokens()
+        .into_iter()
+        .rfind(|t| memory_image::is_refresh_token(t))
+        .expect("the rotation issued a refresh token");
+    (revoke, rotated)
+}
+
+/// A revoke racing a rotation revokes the rotated refresh token (therappai blacklisted the
+/// one the revoke took from memory when it rotated) and reports on it: one blacklist call,
+/// the live token dead upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_racing_a_rotation_revokes_the_rotated_token() {
+    let fake = fake(Duration::ZERO).await;
+    let broker = Broker::start(
+        options(StoreKind::Keyutils, Some("/token/blacklist/")),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
+    let (revoke, rotated) = revoke_during_a_rotation(&fake, &broker).await;
+    assert_eq!(revoke.code, 0, "{}{}", revoke.stdout, revoke.stderr);
+    assert!(
+        fake.is_refresh_blacklisted(&rotated),
+        "the live token is dead"
+    );
+    assert_eq!(
+        fake.counters().blacklist_calls,
+        1,
+        "the revoke itself revoked the rotated token"
+    );
+    assert!(!broker.store_has_entry("default"));
+}
+
+/// The same race with therappai failing that revocation: the revoke says it is unconfirmed
+/// (exit 11), never "revoked" while the rotated token lives on upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_racing_a_rotation_reports_a_failure_to_revoke_the_rotated_token() {
+    let fake = fake(Duration::ZERO).await;
+    let broker = Broker::start(
+        options(StoreKind::Keyutils, Some("/token/blacklist/")),
+        &fake.base_url(),
+        &fake.ca_pem(),
+    );
+    fake.knobs().fail_next(Endpoint::Blacklist, 1, 503);
+    let (revoke, rotated) = revoke_during_a_rotation(&fake, &broker).await;
+    assert!(
+        !fake.is_refresh_blacklisted(&rotated),
+        "the fault hit the rotated token's revocation"
+    );
+    assert_eq!(
+        revoke.code, 11,
+        "not reported as revoked while the live token lives: {}{}",
+        revoke.stdout, revoke.stderr
+    );
+    assert!(
+        !broker.store_has_entry("default"),
+        "the local wipe happened"
+    );
 }

@@ -249,12 +249,14 @@ impl Refresher {
     }
 
     /// A logout or revoke ended the session while this cycle was in flight: nothing it got
-    /// is stored, cached or served, and a rotated refresh token is revoked (best effort) so
-    /// the ended session cannot live on upstream.
+    /// is stored, cached or served. A rotated refresh token goes to the logout or revoke
+    /// waiting for the flight slot (it revokes the live token and reports on it); with none
+    /// waiting (a fleet's logout elsewhere) it is revoked here, best effort, so the ended
+    /// session cannot live on upstream.
     pub(super) async fn discard_stale(
         &self,
         slot: &AccountSlot,
-        refreshed: Refreshed,
+        mut refreshed: Refreshed,
     ) -> BrokerError {
         let account = slot.config.name.as_str();
         let access_sha256 = refreshed
@@ -267,7 +269,11 @@ impl Refresher {
             access_sha256,
             "the session ended during this refresh; its result is dropped"
         );
-        if let Some(rotated) = &refreshed.rotated {
+        let unclaimed = refreshed
+            .rotated
+            .take()
+            .and_then(|rotated| slot.state().hand_to_end(rotated).err());
+        if let Some(rotated) = &unclaimed {
             let outcome = self.upstream.revoke(rotated).await;
             tracing::info!(account, refresh_sha256 = %rotated.fingerprint(), ?outcome, "revoked the refresh token rotated during the ended session");
         }

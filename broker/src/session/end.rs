@@ -179,17 +179,22 @@ impl Sessions {
         // Step 1, before waiting for anything: from here on no cached token is served and no
         // refresh or login in flight can bring tokens back.
         let reason = mode.session_reason();
-        let ended = slot
-            .state()
-            .end_session(SessionState::LoggedOut, self.clock.now(), reason);
+        let ended = {
+            let mut state = slot.state();
+            state.end_waits();
+            state.end_session(SessionState::LoggedOut, self.clock.now(), reason)
+        };
         // Step 2: a refresh or login in flight finishes (and drops its result) first, so it
-        // cannot write to the store after our delete.
+        // cannot write to the store after our delete. If it rotated, therappai has already
+        // blacklisted the token step 1 took: the rotated one is the live session, and the one
+        // revoked and reported on.
         let _flight = slot.flight.lock().await;
+        let rotated = slot.state().end_proceeds();
         let outcome = self
             .revoke_and_delete(
                 account.to_owned(),
                 Some(slot.config.email.clone()),
-                ended.refresh,
+                rotated.or(ended.refresh),
                 ended.had_access,
                 ended.watchers_notified,
                 mode,
