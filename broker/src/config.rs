@@ -843,6 +843,21 @@ email = "alice@example.com"
     }
 
     #[test]
+    fn report_min_age_defaults_to_10_s_and_is_bounded() {
+        let config = parse(GOOD).expect("valid config");
+        assert_eq!(config.refresh.report_min_age, Duration::from_secs(10));
+        let off = parse(&format!("{GOOD}[refresh]\nreport_min_age_seconds = 0\n")).expect("0");
+        assert_eq!(off.refresh.report_min_age, Duration::ZERO);
+        let message = parse(&format!("{GOOD}[refresh]\nreport_min_age_seconds = 301\n"))
+            .expect_err("above 300")
+            .to_string();
+        assert!(
+            message.contains("report_min_age_seconds must be at most 300"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named_with_the_file() {
         let text = GOOD.replace("[store]", "[store]\nbakend = \"auto\"");
         let message = parse(&text).expect_err("typo must fail").to_string();
