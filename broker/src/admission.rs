@@ -21,6 +21,7 @@ pub use body::AdmissionLayer;
 
 use crate::config::ConnectionLimits;
 use crate::error::BrokerError;
+use crate::peer::PeerIdentity;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -168,6 +169,25 @@ impl Admission {
                 "refused calls: this uid already has as many in flight as [connection_limits] calls_per_uid allows"
             ),
         }
+    }
+}
+
+/// The request extension tonic attaches to every call of a connection.
+#[derive(Debug, Clone)]
+pub struct ConnectedPeer {
+    pub identity: Arc<PeerIdentity>,
+    /// The connection's admission ticket: what its calls are counted against.
+    pub(crate) connection: Option<Arc<ConnectionTicket>>,
+}
+
+impl ConnectedPeer {
+    /// The identity captured when `request`'s connection was accepted; `None` for a
+    /// request that did not come through the broker's listener.
+    pub fn identity_of<T>(request: &tonic::Request<T>) -> Option<Arc<PeerIdentity>> {
+        request
+            .extensions()
+            .get::<Self>()
+            .map(|peer| Arc::clone(&peer.identity))
     }
 }
 

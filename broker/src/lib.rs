@@ -20,6 +20,7 @@ pub mod cache;
 pub mod capability;
 pub mod clock;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod file_trust;
 pub mod groups;

@@ -9,7 +9,7 @@
 
 use crate::admission::Admission;
 use crate::config::SocketAccess;
-use crate::peer::PeerConnection;
+use crate::connection::PeerConnection;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};

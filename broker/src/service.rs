@@ -8,6 +8,7 @@
 mod end;
 mod token;
 
+use crate::admission::ConnectedPeer;
 use crate::audit::Audit;
 use crate::cache::{Cache, SessionState};
 use crate::clock::Clock;
@@ -50,7 +51,7 @@ impl BrokerService {
         rpc: &'static str,
         action: Action<'_>,
     ) -> Result<Authorized, BrokerError> {
-        let peer = PeerIdentity::of(request)?;
+        let peer = caller(request)?;
         let account = account_of(action);
         // The account is checked before the policy runs: a junk name (any length, any byte)
         // gets INVALID_ARGUMENT without being echoed, and a well-formed name that is not
@@ -157,7 +158,7 @@ impl BrokerService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<pb::StatusResponse, BrokerError> {
-        let peer = PeerIdentity::of(&request)?;
+        let peer = caller(&request)?;
         let names = self.cache.names();
         let (decision, visible) = self.policy.current().decide_status(&peer, &names);
         match decision {
@@ -313,4 +314,13 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         Ok(Response::new(self.get_metrics_inner(&request)?))
     }
+}
+
+/// Who is calling, as the listener captured it from the kernel.
+fn caller<T>(request: &Request<T>) -> Result<Arc<PeerIdentity>, BrokerError> {
+    ConnectedPeer::identity_of(request).ok_or_else(|| BrokerError::PermissionDenied {
+        message: "the broker could not read the caller's credentials from the kernel; \
+                  connect over the broker's Unix socket"
+            .to_owned(),
+    })
 }

@@ -3,9 +3,8 @@
 //! refuses a request message over [`MAX_MESSAGE_BYTES`] from its length prefix, before the
 //! message is buffered.
 
-use super::{CallTicket, MAX_MESSAGE_BYTES};
+use super::{CallTicket, ConnectedPeer, MAX_MESSAGE_BYTES};
 use crate::error::BrokerError;
-use crate::peer::ConnectedPeer;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
