@@ -28,17 +28,17 @@ use tonic::{Request, Response, Status};
 #[derive(Debug)]
 pub struct BrokerService {
     /// Swapped whole on SIGHUP; each call reads one snapshot.
-    pub policy: Arc<SharedPolicy>,
-    pub audit: Audit,
-    pub cache: Arc<Cache>,
-    pub refresher: Arc<Refresher>,
-    pub sessions: Arc<Sessions>,
-    pub login_limiter: Arc<SharedLimiter>,
-    pub clock: Arc<dyn Clock>,
+    pub(crate) policy: Arc<SharedPolicy>,
+    pub(crate) audit: Audit,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) refresher: Arc<Refresher>,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) login_limiter: Arc<SharedLimiter>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// Counters and gauges for `GetMetrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Cancelled at shutdown, so WatchSession streams end instead of holding it up.
-    pub streams_stop: CancellationToken,
+    pub(crate) streams_stop: CancellationToken,
 }
 
 impl BrokerService {

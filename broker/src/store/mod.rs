@@ -49,6 +49,7 @@
 pub mod encrypted_file;
 mod error;
 mod keyutils;
+#[cfg(test)]
 mod memory;
 mod secret_service;
 pub mod vault;
@@ -56,6 +57,7 @@ pub mod vault;
 pub use error::{Op, StoreError};
 pub use keyutils::join_session_keyring;
 #[doc(hidden)]
+#[cfg(test)]
 pub use memory::MemoryStore;
 
 use crate::config::StoreConfig;
