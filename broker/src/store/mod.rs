@@ -56,7 +56,6 @@ pub mod vault;
 
 pub use error::{Op, StoreError};
 pub use keyutils::join_session_keyring;
-#[doc(hidden)]
 #[cfg(test)]
 pub use memory::MemoryStore;
 
