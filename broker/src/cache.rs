@@ -195,6 +195,16 @@ impl SlotState {
         }
     }
 
+    /// Makes `access` the current access token, with its background refresh due at `due`
+    /// (`refresh::schedule::ahead_due`), and ends any failure pause. The one place a token is
+    /// installed, whether it came from a login, a refresh or a fleet's entry.
+    pub fn install_access(&mut self, access: IssuedAccess, due: SystemTime) {
+        self.access = Some(access);
+        self.refresh_due = Some(due);
+        self.next_attempt_at = None;
+        self.wake_scheduler();
+    }
+
     /// A logout or revoke has ended the session in memory and now waits for the flight slot.
     pub fn end_waits(&mut self) {
         self.ends_waiting += 1;

@@ -15,11 +15,12 @@ use crate::cache::{Cache, SessionState};
 use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::jwt;
+use crate::refresh::schedule;
 use crate::secret::Password;
 use crate::store::StoreHandle;
 use crate::upstream::{LoginTokens, Upstream};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 #[derive(Debug)]
 pub struct Sessions {
@@ -137,12 +138,6 @@ impl Sessions {
                 source,
             })?;
         let expires_at = tokens.access.expires_at;
-        let due = crate::refresh::schedule::refresh_due(
-            tokens.access.received_at,
-            expires_at,
-            self.ahead_share,
-            rand::random(),
-        );
         tracing::info!(
             account,
             refresh_sha256 = %tokens.refresh.fingerprint(),
@@ -153,13 +148,13 @@ impl Sessions {
         let committed = {
             let mut state = slot.state();
             if state.epoch() == epoch {
-                state.access = Some(tokens.access);
+                let due =
+                    schedule::ahead_due(&tokens.access, now, self.ahead_share, rand::random());
+                state.install_access(tokens.access, due);
                 state.refresh = Some(tokens.refresh);
                 state.refresh_stored = true;
                 state.store_problem = None;
                 state.generation = 1;
-                state.refresh_due = Some(due.max(now + Duration::from_secs(5)));
-                state.next_attempt_at = None;
                 // Nobody has been given this token yet: it is kept warm once someone is.
                 state.access_served = false;
                 state.store_unread = false;

@@ -390,10 +390,8 @@ impl Refresher {
         now: SystemTime,
         access: IssuedAccess,
     ) {
-        self.schedule_ahead(state, now, &access);
-        state.access = Some(access);
-        state.next_attempt_at = None;
-        state.wake_scheduler();
+        let due = self.ahead_due(now, &access);
+        state.install_access(access, due);
     }
 
     /// Reads the entry, trying again for about two seconds when OpenBao is unavailable: a

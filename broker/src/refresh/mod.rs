@@ -62,10 +62,6 @@ pub enum Need {
     },
 }
 
-/// The background refresher never refreshes more often than this, even when the upstream
-/// issues tokens that are (nearly) expired on arrival: callers then refresh on demand.
-const MIN_AHEAD_INTERVAL: Duration = Duration::from_secs(5);
-
 #[derive(Debug)]
 pub struct Refresher {
     upstream: Upstream,

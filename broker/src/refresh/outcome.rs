@@ -3,7 +3,7 @@
 //! result is dropped (a logout or revoke ran meanwhile).
 
 use super::fleet::Claim;
-use super::{MIN_AHEAD_INTERVAL, Refresher, schedule};
+use super::{Refresher, schedule};
 use crate::cache::{AccountSlot, ServedToken, SessionState, SlotState};
 use crate::error::BrokerError;
 use crate::jwt;
@@ -138,38 +138,24 @@ impl Refresher {
             }));
         }
         let access_sha = access.token.fingerprint();
-        self.schedule_ahead(&mut state, now, &access);
         let served = ServedToken {
             token: access.token.duplicate(),
             expires_at: access.expires_at,
         };
-        state.access = Some(access);
+        let due = self.ahead_due(now, &access);
+        state.install_access(access, due);
         state.access_served = for_caller;
-        state.next_attempt_at = None;
         state.last_refresh = Some((now, "ok".to_owned()));
         state.set_session(SessionState::Active, now, "");
-        state.wake_scheduler();
         let generation = state.generation;
         drop(state);
         tracing::info!(account, access_sha256 = %access_sha, generation, expires_at = jwt::unix_seconds(served.expires_at), "access token refreshed");
         Ok(Ok(served))
     }
 
-    /// When the background refresher replaces `access` (jittered share of its lifetime,
-    /// never sooner than [`MIN_AHEAD_INTERVAL`]).
-    pub(super) fn schedule_ahead(
-        &self,
-        state: &mut SlotState,
-        now: SystemTime,
-        access: &IssuedAccess,
-    ) {
-        let due = schedule::refresh_due(
-            access.received_at,
-            access.expires_at,
-            self.config.ahead_share,
-            rand::random(),
-        );
-        state.refresh_due = Some(due.max(now + MIN_AHEAD_INTERVAL));
+    /// When the background refresher replaces `access` (see [`schedule::ahead_due`]).
+    pub(super) fn ahead_due(&self, now: SystemTime, access: &IssuedAccess) -> SystemTime {
+        schedule::ahead_due(access, now, self.config.ahead_share, rand::random())
     }
 
     /// A refresh answered with an access token that cannot be served: none is cached, and

@@ -2,8 +2,12 @@
 //! and a random draw, so they can be tested without a clock.
 
 use crate::config::RefreshConfig;
-use crate::upstream::UpstreamError;
+use crate::upstream::{IssuedAccess, UpstreamError};
 use std::time::{Duration, SystemTime};
+
+/// The background refresher never refreshes more often than this, even when the upstream
+/// issues tokens that are (nearly) expired on arrival: callers then refresh on demand.
+pub const MIN_AHEAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Spread of the ahead-of-expiry point, as a share of the lifetime (±), so many brokers (or
 /// accounts) issued tokens at the same moment do not all refresh at the same moment.
@@ -27,6 +31,19 @@ pub fn refresh_due(
         .checked_sub(Duration::from_secs(1).min(lifetime / 2))
         .unwrap_or(received_at);
     due.min(latest).max(received_at)
+}
+
+/// When the background refresher replaces `access`, installed at `now` (by a login, a
+/// refresh or from a fleet's entry): [`refresh_due`], never sooner than
+/// [`MIN_AHEAD_INTERVAL`] from now.
+pub fn ahead_due(
+    access: &IssuedAccess,
+    now: SystemTime,
+    ahead_share: f64,
+    draw: f64,
+) -> SystemTime {
+    refresh_due(access.received_at, access.expires_at, ahead_share, draw)
+        .max(now + MIN_AHEAD_INTERVAL)
 }
 
 /// Delay before retry number `attempt` (1 for the first retry) after `error`: the server's
