@@ -1,9 +1,14 @@
-//! Audit events: one structured event per grant, denial and admin action, on the tracing
-//! target `audit`, so they can be routed and filtered on their own.
+//! Audit events: one structured event per grant, denial, admin action, login lockout and
+//! ended session, on the tracing target `audit`, so they can be routed and filtered on their
+//! own. They are emitted from this module only, with one field schema.
 //!
-//! Every event carries the peer's uid, gid, pid, exe and unit (fields `peer_uid`, `peer_gid`,
-//! `peer_pid`, `peer_exe`, `peer_unit`), the account, the rpc, the
-//! decision and the rule that made it. Denials and admin actions are always logged at
+//! Every event starts with `event` (what happened: `granted`, `denied`, `admin-action`,
+//! `watch-denied`, `login-refused`, `login-lockout`, `session-ended`,
+//! `revocation-incomplete`, `store-search-failed`, `session-ended-elsewhere`), `rpc` (the
+//! call, or the action behind the event: `logout`, `revoke`, `fleet`) and `account` (empty
+//! when none). Events about a caller carry `peer_uid`, and those that decide on one the rest
+//! of the peer (`peer_gid`, `peer_pid`, `peer_exe`, `peer_unit`), the `decision` and the
+//! `rule` that made it; the others add what is specific to them. Denials and admin actions are always logged at
 //! warn/info (denials at most ten per uid per second, counting the dropped in `suppressed`).
 //! Token and status grants are rate-limited: at most one info event per (uid,
 //! exe, account, rpc) per minute; the ones in between go out at debug level
@@ -13,7 +18,7 @@
 use crate::peer::PeerIdentity;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The tracing target of every audit event (journald also marks them `AUDIT=1`).
 pub const TARGET: &str = "audit";
@@ -105,10 +110,10 @@ impl Audit {
         );
         match suppressed {
             Some(suppressed) => {
-                tracing::info!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "allow", rule, suppressed, "granted")
+                tracing::info!(target: TARGET, event = "granted", rpc, account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "allow", rule, suppressed, "granted")
             }
             None => {
-                tracing::debug!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "allow", rule, "granted (rate-limited)")
+                tracing::debug!(target: TARGET, event = "granted", rpc, account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "allow", rule, "granted (rate-limited)")
             }
         }
     }
@@ -132,7 +137,7 @@ impl Audit {
             peer.exe_display(),
             peer.unit_display(),
         );
-        tracing::warn!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "deny", rule, suppressed, "denied");
+        tracing::warn!(target: TARGET, event = "denied", rpc, account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "deny", rule, suppressed, "denied");
     }
 
     /// An admin action that policy allowed, with its outcome ("ok" or an error reason):
@@ -145,14 +150,82 @@ impl Audit {
             peer.exe_display(),
             peer.unit_display(),
         );
-        tracing::info!(target: "audit", peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, account, rpc, decision = "allow", rule, outcome, "admin action");
+        tracing::info!(target: TARGET, event = "admin-action", rpc, account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "allow", rule, outcome, "admin action");
     }
 }
 
 /// A fleet's session ended on another broker (logout, revoke, rejected token), and this
 /// broker followed: its memory is wiped and its watchers told.
 pub fn session_ended_elsewhere(account: &str, reason: &str) {
-    tracing::warn!(target: "audit", account, rpc = "fleet", decision = "session-ended", reason, "session ended by another broker of the fleet");
+    tracing::warn!(target: TARGET, event = "session-ended-elsewhere", rpc = "fleet", account, reason, "session ended by another broker of the fleet");
+}
+
+/// A WatchSession stream ended because a reload took the caller's right away.
+pub fn watch_denied(peer: &PeerIdentity, account: &str) {
+    let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
+        peer.uid,
+        peer.gid,
+        pid(peer),
+        peer.exe_display(),
+        peer.unit_display(),
+    );
+    tracing::warn!(target: TARGET, event = "watch-denied", rpc = "WatchSession", account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "deny", "watch stream ended: the policy no longer allows it");
+}
+
+/// A login the failed-login limiter refused before it reached therappai.
+pub fn login_refused(
+    peer_uid: u32,
+    account: &str,
+    scope: &str,
+    locked_out: bool,
+    retry_at: SystemTime,
+) {
+    let retry_at = crate::clock::utc_rfc3339(retry_at);
+    tracing::warn!(target: TARGET, event = "login-refused", rpc = "Login", account, peer_uid, scope, locked_out, retry_at, "login refused by the rate limit");
+}
+
+/// Too many failed logins: the limiter locks `scope` out until `until`.
+pub fn login_lockout(peer_uid: u32, account: &str, scope: &str, strikes: u32, until: SystemTime) {
+    let until = crate::clock::utc_rfc3339(until);
+    tracing::warn!(target: TARGET, event = "login-lockout", rpc = "Login", account, peer_uid, scope, strikes, until, "too many failed logins: login locked out");
+}
+
+/// What ending one account's session did (`session::end`): `session-ended`, or for a
+/// revoke that did not achieve everything, `revocation-incomplete` at error level.
+#[derive(Debug)]
+pub struct SessionEnded<'a> {
+    pub action: &'static str,
+    pub account: &'a str,
+    pub configured: bool,
+    pub refresh_sha256: &'a str,
+    pub was_logged_in: bool,
+    pub upstream: &'a str,
+    pub store_error: Option<String>,
+    pub incomplete: bool,
+}
+
+pub fn session_ended(e: &SessionEnded<'_>) {
+    let SessionEnded {
+        action,
+        account,
+        configured,
+        refresh_sha256,
+        was_logged_in,
+        upstream,
+        ..
+    } = *e;
+    let store_error = e.store_error.as_deref();
+    if e.incomplete {
+        tracing::error!(target: TARGET, event = "revocation-incomplete", rpc = action, account, configured, refresh_sha256, was_logged_in, upstream, store_error, "revocation incomplete: tokens wiped locally, but not everything succeeded");
+    } else {
+        tracing::warn!(target: TARGET, event = "session-ended", rpc = action, account, configured, refresh_sha256, was_logged_in, upstream, store_error, "session ended");
+    }
+}
+
+/// A device logout or revoke could not list the store to find entries of accounts no
+/// longer in the config.
+pub fn store_search_failed(action: &'static str, error: &dyn std::fmt::Display) {
+    tracing::error!(target: TARGET, event = "store-search-failed", rpc = action, account = "", %error, "could not search the store for entries of accounts no longer in the config");
 }
 
 #[cfg(test)]
@@ -173,6 +246,74 @@ mod tests {
             "another uid has its own window"
         );
         assert_eq!(audit.admit(key(1), t0 + GRANT_WINDOW), Some(2));
+    }
+
+    /// Every audit event, from every emitter, starts with `event`, `rpc` and `account`.
+    #[test]
+    fn every_event_has_the_common_fields_first() {
+        let buffer = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = std::sync::Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || Sink(std::sync::Arc::clone(&sink)))
+            .finish();
+        let peer = PeerIdentity {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(42),
+            groups: Vec::new(),
+            exe: None,
+            unit: None,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let audit = Audit::default();
+            audit.grant(&peer, "GetAccessToken", "default", "rule 1");
+            audit.grant(&peer, "GetAccessToken", "default", "rule 1");
+            audit.deny(&peer, "Login", "default", "no rule");
+            audit.admin(&peer, "Logout", "default", "rule 2", "ok");
+            watch_denied(&peer, "default");
+            login_refused(1000, "default", "uid 1000", false, SystemTime::UNIX_EPOCH);
+            login_lockout(1000, "default", "uid 1000", 5, SystemTime::UNIX_EPOCH);
+            for incomplete in [false, true] {
+                session_ended(&SessionEnded {
+                    action: "revoke",
+                    account: "default",
+                    configured: true,
+                    refresh_sha256: "0123abcd",
+                    was_logged_in: true,
+                    upstream: "Some(Done)",
+                    store_error: None,
+                    incomplete,
+                });
+            }
+            store_search_failed("logout", &"the keyring is locked");
+            session_ended_elsewhere("default", "logged out");
+        });
+        let text = String::from_utf8(buffer.lock().expect("buffer").clone()).expect("UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 11, "one line per event:\n{text}");
+        for line in lines {
+            let at = |field: &str| line.find(&format!(" {field}=")).unwrap_or(usize::MAX);
+            assert!(
+                at("event") < at("rpc") && at("rpc") < at("account") && at("account") < usize::MAX,
+                "event, rpc and account come first: {line}"
+            );
+            assert!(line.contains(" audit: "), "on the audit target: {line}");
+        }
+    }
+
+    struct Sink(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     /// Issue 11, defect 4: denials were logged in full, never rate limited.

@@ -131,7 +131,13 @@ impl BrokerService {
         });
         for lockout in lockouts {
             self.metrics.lockout(lockout.scope);
-            tracing::warn!(target: "audit", event = "login-lockout", scope = %lockout.scope.describe(), uid, account, strikes = lockout.strikes, until = %crate::clock::utc_rfc3339(lockout.until), "too many failed logins: login locked out");
+            crate::audit::login_lockout(
+                uid,
+                &account,
+                &lockout.scope.describe(),
+                lockout.strikes,
+                lockout.until,
+            );
         }
         let expires_at = result?;
         Ok(pb::LoginResponse {
@@ -144,7 +150,13 @@ impl BrokerService {
     fn rate_limited(&self, account: &str, uid: u32, refusal: Refusal) -> BrokerError {
         let now = self.clock.now();
         let retry_in = refusal.retry_at.duration_since(now).unwrap_or_default();
-        tracing::warn!(target: "audit", rpc = "Login", event = "login-refused", uid, account, scope = %refusal.scope.describe(), locked_out = refusal.locked_out, retry_at = %crate::clock::utc_rfc3339(refusal.retry_at), "login refused by the rate limit");
+        crate::audit::login_refused(
+            uid,
+            account,
+            &refusal.scope.describe(),
+            refusal.locked_out,
+            refusal.retry_at,
+        );
         BrokerError::RateLimited {
             account: account.to_owned(),
             scope: refusal.scope,

@@ -235,7 +235,7 @@ impl Watch {
     /// Tells the app its right is gone; the stream ends after this.
     async fn end_denied(&self) {
         let account = self.slot.config.name.as_str();
-        tracing::warn!(target: "audit", uid = self.peer.uid, account, rpc = "WatchSession", decision = "deny", "watch stream ended: the policy no longer allows it");
+        crate::audit::watch_denied(&self.peer, account);
         let denied = BrokerError::PermissionDenied {
             message: format!(
                 "the broker's policy no longer lets this program ({}) watch account \"{account}\" \

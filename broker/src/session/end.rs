@@ -164,7 +164,7 @@ impl Sessions {
                 None
             }
             Err(err) => {
-                tracing::error!(target: "audit", action = mode.as_str(), error = %err, "could not search the store for entries of accounts no longer in the config");
+                crate::audit::store_search_failed(mode.as_str(), &err);
                 Some(err)
             }
         };
@@ -270,13 +270,16 @@ impl Sessions {
             email,
             account,
         };
-        let upstream = format!("{:?}", outcome.upstream);
-        let store_error = outcome.store_error.as_ref().map(ToString::to_string);
-        if mode == EndMode::Revoke && !outcome.revoke_complete() {
-            tracing::error!(target: "audit", action = mode.as_str(), account = outcome.account, configured = outcome.email.is_some(), refresh_sha256, upstream, store_error, "revocation incomplete: tokens wiped locally, but not everything succeeded");
-        } else {
-            tracing::warn!(target: "audit", action = mode.as_str(), account = outcome.account, configured = outcome.email.is_some(), refresh_sha256, was_logged_in = outcome.was_logged_in, upstream, store_error, "session ended");
-        }
+        crate::audit::session_ended(&crate::audit::SessionEnded {
+            action: mode.as_str(),
+            account: &outcome.account,
+            configured: outcome.email.is_some(),
+            refresh_sha256: &refresh_sha256,
+            was_logged_in: outcome.was_logged_in,
+            upstream: &format!("{:?}", outcome.upstream),
+            store_error: outcome.store_error.as_ref().map(ToString::to_string),
+            incomplete: mode == EndMode::Revoke && !outcome.revoke_complete(),
+        });
         outcome
     }
 }
