@@ -1,7 +1,8 @@
 //! What the daemon's memory hygiene costs a cached GetAccessToken, in process: the
 //! zeroizing allocator against the plain system allocator on the alloc/free pattern of one
 //! call, and the secret arena's `duplicate()` (every cached call copies the access token)
-//! against a plain `String` clone.
+//! against a plain `String` clone; and the wipe of an idle thread (64 KiB of stack and the
+//! vector registers, once per worker park), which a cached call pays at most once.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -67,12 +68,26 @@ fn duplicate_ns(iterations: usize, repeats: usize) -> (f64, f64) {
     (crate::load::median(arena), crate::load::median(string))
 }
 
+/// Median nanoseconds of one `wipe_idle_thread()`.
+fn idle_wipe_ns(iterations: usize, repeats: usize) -> f64 {
+    let mut runs = Vec::new();
+    for _ in 0..repeats {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            therappai_broker::secret::wipe_idle_thread();
+        }
+        runs.push(started.elapsed().as_nanos() as f64 / iterations as f64);
+    }
+    crate::load::median(runs)
+}
+
 /// The figures, as JSON for the report.
 pub fn measure(smoke: bool) -> serde_json::Value {
     let (iterations, repeats) = if smoke { (2_000, 1) } else { (200_000, 7) };
     let system = pattern_ns(&System, iterations, repeats);
     let zeroizing = pattern_ns(&ZeroizingAlloc::new(), iterations, repeats);
     let (arena, string) = duplicate_ns(iterations, repeats);
+    let idle_wipe = idle_wipe_ns(iterations / 10, repeats);
     serde_json::json!({
         "pattern_bytes": PATTERN,
         "system_ns": system,
@@ -81,5 +96,6 @@ pub fn measure(smoke: bool) -> serde_json::Value {
         "arena_duplicate_ns": arena,
         "string_clone_ns": string,
         "ratio_duplicate": arena / string,
+        "idle_wipe_ns": idle_wipe,
     })
 }

@@ -153,6 +153,10 @@ fn print_allocator(r: &Value) {
         f(&a["string_clone_ns"]),
         f(&a["ratio_duplicate"])
     );
+    println!(
+        "idle-thread wipe (64 KiB of stack and the vector registers, once per worker park): {:.0} ns",
+        f(&a["idle_wipe_ns"])
+    );
 }
 
 /// The oidc-agent rows: theirs beside ours, from the same run.
