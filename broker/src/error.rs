@@ -261,6 +261,40 @@ mod tests {
     }
 
     #[test]
+    fn a_store_that_did_not_answer_is_unavailable() {
+        let timeout = || crate::store::StoreError::CallTimeout {
+            backend: crate::store::Backend::SecretService,
+            op: crate::store::Op::Save("work".into()),
+            seconds: 2,
+        };
+        for err in [
+            BrokerError::Store {
+                account: "work".into(),
+                source: timeout(),
+            },
+            BrokerError::LoginNotStored {
+                account: "work".into(),
+                source: timeout(),
+            },
+        ] {
+            let status = Status::from(err);
+            assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+            assert!(
+                status.message().contains("did not answer within 2 s"),
+                "{}",
+                status.message()
+            );
+            assert_eq!(
+                status
+                    .metadata()
+                    .get(REASON_KEY)
+                    .and_then(|v| v.to_str().ok()),
+                Some("store-failed")
+            );
+        }
+    }
+
+    #[test]
     fn rate_limit_is_resource_exhausted_with_the_retry_time() {
         let retry_at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096);
         let status = Status::from(BrokerError::RateLimited {

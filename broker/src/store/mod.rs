@@ -490,3 +490,5 @@ fn lane_key(op: &Op) -> &str {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeout_tests;
