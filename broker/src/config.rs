@@ -869,7 +869,10 @@ email = "alice@example.com"
         for bad in ["0", "301"] {
             let text = GOOD.replace("[store]", &format!("[store]\ncall_timeout_seconds = {bad}"));
             let message = parse(&text).expect_err(bad).to_string();
-            assert!(message.contains("[store] call_timeout_seconds"), "{message}");
+            assert!(
+                message.contains("[store] call_timeout_seconds"),
+                "{message}"
+            );
             assert!(message.contains("/etc/therappai-broker.toml"), "{message}");
         }
     }

@@ -137,7 +137,8 @@ async fn device_logout_ends_accounts_side_by_side() {
         broker.login(account, password).await;
     }
     // Well under request_timeout_seconds (5): every call succeeds, each takes a while.
-    fake.knobs().set_blacklist_delay(std::time::Duration::from_secs(2));
+    fake.knobs()
+        .set_blacklist_delay(std::time::Duration::from_secs(2));
 
     let out = broker.ctl(&["logout", "--all"]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
@@ -149,7 +150,10 @@ async fn device_logout_ends_accounts_side_by_side() {
             .unwrap_or_else(|| panic!("no line for {account} in:\n{}", out.stdout));
         assert!(line.contains("therappai: revoked"), "{}", out.stdout);
         assert!(line.contains("store entry deleted"), "{}", out.stdout);
-        assert!(!broker.store_has_entry(account), "{account} is still stored");
+        assert!(
+            !broker.store_has_entry(account),
+            "{account} is still stored"
+        );
     }
     let counters = fake.counters();
     assert_eq!(counters.blacklist_ok, 4, "each account's token was revoked");

@@ -115,7 +115,11 @@ async fn a_frozen_keyring_answers_unavailable_in_time_and_a_timed_out_login_is_u
     assert_names_the_store_and_the_timeout(&second);
 
     let status = status_json(&broker).await;
-    assert_eq!(account(&status, "second")["state"], "logged-out", "{status}");
+    assert_eq!(
+        account(&status, "second")["state"],
+        "logged-out",
+        "{status}"
+    );
     assert_eq!(account(&status, "default")["state"], "active", "{status}");
     assert_eq!(
         broker.token("default").await,
@@ -146,8 +150,16 @@ async fn a_frozen_keyring_answers_unavailable_in_time_and_a_timed_out_login_is_u
         "therappai was told to end both failed logins' sessions"
     );
     let status = status_json(&broker).await;
-    assert_eq!(account(&status, "second")["state"], "logged-out", "{status}");
-    assert_eq!(account(&status, "second")["refresh_token_stored"], false, "{status}");
+    assert_eq!(
+        account(&status, "second")["state"],
+        "logged-out",
+        "{status}"
+    );
+    assert_eq!(
+        account(&status, "second")["refresh_token_stored"],
+        false,
+        "{status}"
+    );
 
     // The same login now succeeds, and is stored.
     broker.login("second", BOB_PASSWORD).await;

@@ -260,7 +260,6 @@ impl StoreError {
         matches!(self, Self::CallTimeout { .. })
     }
 
-
     /// Whether the store itself failed (no bus, no Secret Service, locked, refused, gone),
     /// rather than answering about one entry (corrupt, ambiguous, a name it cannot file).
     pub fn is_unavailable(&self) -> bool {

@@ -58,8 +58,8 @@ impl Store for Arc<Gated> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_call_times_out_and_later_calls_wait_behind_it_without_a_thread() {
     let gated = Arc::new(Gated::default());
-    let handle = StoreHandle::new(Arc::new(Arc::clone(&gated)))
-        .with_call_timeout(Duration::from_secs(1));
+    let handle =
+        StoreHandle::new(Arc::new(Arc::clone(&gated))).with_call_timeout(Duration::from_secs(1));
 
     let token = RefreshToken::new("eyJ.secret-part.sig".to_owned());
     let (first, second, third) = tokio::join!(
