@@ -140,7 +140,13 @@ pub struct StoreConfig {
     pub key_file: Option<PathBuf>,
     /// `[store.vault]`: the fleet's OpenBao, for `backend = "vault"`.
     pub vault: Option<crate::store::vault::config::VaultConfig>,
+    /// `[store] call_timeout_seconds`: bound on each call the broker makes to the store, so
+    /// a hanging keyring answers UNAVAILABLE instead of holding the account forever.
+    pub call_timeout: Duration,
 }
+
+/// `[store] call_timeout_seconds` when the config does not set it.
+pub const DEFAULT_STORE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
@@ -411,12 +417,22 @@ struct RawStore {
     service: Option<String>,
     file: Option<PathBuf>,
     key_file: Option<PathBuf>,
+    call_timeout_seconds: Option<u64>,
     vault: Option<crate::store::vault::config::RawVault>,
 }
 
 impl RawStore {
     fn validate(self, service: String) -> Result<StoreConfig, String> {
         let backend = self.backend.unwrap_or(BackendChoice::Auto);
+        let call_timeout = match self.call_timeout_seconds {
+            None => DEFAULT_STORE_CALL_TIMEOUT,
+            Some(s @ 1..=300) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(format!(
+                    "[store] call_timeout_seconds must be between 1 and 300, got {s}"
+                ));
+            }
+        };
         for (key, path) in [("file", &self.file), ("key_file", &self.key_file)] {
             let Some(path) = path else { continue };
             if !path.is_absolute() {
@@ -455,6 +471,7 @@ impl RawStore {
             file: self.file,
             key_file: self.key_file,
             vault,
+            call_timeout,
         })
     }
 }
@@ -863,6 +880,28 @@ email = "alice@example.com"
         let message = parse(&text).expect_err("typo must fail").to_string();
         assert!(message.contains("bakend"), "{message}");
         assert!(message.contains("/etc/therappai-broker.toml"), "{message}");
+    }
+
+    #[test]
+    fn store_call_timeout_defaults_and_is_bounded() {
+        assert_eq!(
+            parse(GOOD).expect("valid").store.call_timeout,
+            DEFAULT_STORE_CALL_TIMEOUT
+        );
+        let two = GOOD.replace("[store]", "[store]\ncall_timeout_seconds = 2");
+        assert_eq!(
+            parse(&two).expect("valid").store.call_timeout,
+            Duration::from_secs(2)
+        );
+        for bad in ["0", "301"] {
+            let text = GOOD.replace("[store]", &format!("[store]\ncall_timeout_seconds = {bad}"));
+            let message = parse(&text).expect_err(bad).to_string();
+            assert!(
+                message.contains("[store] call_timeout_seconds"),
+                "{message}"
+            );
+            assert!(message.contains("/etc/therappai-broker.toml"), "{message}");
+        }
     }
 
     #[test]

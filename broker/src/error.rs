@@ -68,6 +68,16 @@ pub enum BrokerError {
         #[source]
         source: StoreError,
     },
+    /// Login's store write did not answer in time: the login failed, and is undone if the
+    /// write lands later (see `session/undo.rs`).
+    #[error(
+        "login for account \"{account}\" did not complete: {source}. Nothing was kept: the broker asked therappai to end the new session and sets the store entry back if the write lands later; run `therappai-brokerctl login --account {account}` again once the store answers"
+    )]
+    LoginNotStored {
+        account: String,
+        #[source]
+        source: StoreError,
+    },
     /// A request field is missing or malformed.
     #[error("{message}")]
     InvalidArgument { message: String },
@@ -189,7 +199,7 @@ impl BrokerError {
                 "upstream-unavailable"
             }
             Self::UpstreamRefused { .. } => "upstream-refused",
-            Self::Store { .. } => "store-failed",
+            Self::Store { .. } | Self::LoginNotStored { .. } => "store-failed",
             Self::InvalidArgument { .. } => "invalid-argument",
             Self::RateLimited { .. } => "rate-limited",
             Self::ReportTooSoon { .. } => "report-too-soon",
@@ -208,7 +218,10 @@ impl BrokerError {
             Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::UpstreamUnavailable { .. } | Self::UpstreamRetrying { .. } => Code::Unavailable,
             Self::UpstreamRefused { .. } => Code::FailedPrecondition,
+            // A store that did not answer may answer later: like an upstream that is down.
+            Self::Store { source, .. } if source.is_call_timeout() => Code::Unavailable,
             Self::Store { .. } => Code::Internal,
+            Self::LoginNotStored { .. } => Code::Unavailable,
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::RateLimited { .. } | Self::ReportTooSoon { .. } => Code::ResourceExhausted,
             Self::Internal { .. } => Code::Internal,
@@ -262,6 +275,40 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("needs-login")
         );
+    }
+
+    #[test]
+    fn a_store_that_did_not_answer_is_unavailable() {
+        let timeout = || crate::store::StoreError::CallTimeout {
+            backend: crate::store::Backend::SecretService,
+            op: crate::store::Op::Save("work".into()),
+            seconds: 2,
+        };
+        for err in [
+            BrokerError::Store {
+                account: "work".into(),
+                source: timeout(),
+            },
+            BrokerError::LoginNotStored {
+                account: "work".into(),
+                source: timeout(),
+            },
+        ] {
+            let status = Status::from(err);
+            assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+            assert!(
+                status.message().contains("did not answer within 2 s"),
+                "{}",
+                status.message()
+            );
+            assert_eq!(
+                status
+                    .metadata()
+                    .get(REASON_KEY)
+                    .and_then(|v| v.to_str().ok()),
+                Some("store-failed")
+            );
+        }
     }
 
     #[test]

@@ -125,7 +125,9 @@ impl Daemon {
         let store_backend = store.backend().to_string();
         let account_names: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
         let metrics = Arc::new(metrics::Metrics::new(&account_names));
-        let store = store.observed_by(Arc::clone(&metrics));
+        let store = store
+            .observed_by(Arc::clone(&metrics))
+            .with_call_timeout(config.store.call_timeout);
         let upstream = Upstream::new(&config.upstream)
             .map_err(StartError::Upstream)?
             .with_metrics(Arc::clone(&metrics));

@@ -8,6 +8,7 @@
 //! rejection). Never logs a token or a password.
 
 mod end;
+mod undo;
 
 pub use end::{AccountOutcome, DeviceOutcome, EndMode};
 
@@ -130,13 +131,20 @@ impl Sessions {
         if slot.epoch() != epoch {
             return Err(self.discard_login(account, tokens).await);
         }
-        self.store
-            .save(account, &tokens.refresh)
-            .await
-            .map_err(|source| BrokerError::Store {
+        if let Err(source) = self.store.save(account, &tokens.refresh).await {
+            if source.is_call_timeout() {
+                // The write may still land: the login is reported failed, and undone.
+                self.undo_timed_out_login(Arc::clone(slot), tokens);
+                return Err(BrokerError::LoginNotStored {
+                    account: account.to_owned(),
+                    source,
+                });
+            }
+            return Err(BrokerError::Store {
                 account: account.to_owned(),
                 source,
-            })?;
+            });
+        }
         let expires_at = tokens.access.expires_at;
         tracing::info!(
             account,

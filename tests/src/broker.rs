@@ -56,6 +56,8 @@ pub struct BrokerOptions {
     /// `[store] service`: give two brokers the same one to have them share entries. Default:
     /// a name unique to this broker.
     pub store_service: Option<String>,
+    /// Extra keys of the `[store]` table (e.g. `call_timeout_seconds = 2`).
+    pub store_config: String,
     /// `[upstream] request_timeout_seconds`.
     pub request_timeout_seconds: u64,
     /// The `[refresh]` section. Tests default to short retry delays so that waiting for a
@@ -78,6 +80,7 @@ impl BrokerOptions {
             log_level: "debug".to_owned(),
             top_config: String::new(),
             store_service: None,
+            store_config: String::new(),
             request_timeout_seconds: 5,
             refresh_section: "[refresh]\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\nfailure_backoff_seconds = 1\nreport_min_age_seconds = 0\n".to_owned(),
             extra_config: String::new(),
@@ -550,6 +553,15 @@ fn write_store_key(path: &Path) {
         .expect("write the store key");
 }
 
+/// `text` ending in a newline (empty stays empty), so that keys can follow it.
+fn with_newline(text: &str) -> String {
+    if text.is_empty() || text.ends_with('\n') {
+        text.to_owned()
+    } else {
+        format!("{text}\n")
+    }
+}
+
 /// The broker's TOML config for `options`.
 fn config_text(
     options: &BrokerOptions,
@@ -559,7 +571,7 @@ fn config_text(
     ca_file: &Path,
 ) -> String {
     let mut config = format!(
-        "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n{}\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = {}\n",
+        "socket = \"{}\"\nshutdown_grace_seconds = 3\n{}\n[store]\nbackend = \"{}\"\nservice = \"{service}\"\n{}{}\n[upstream]\nbase_url = \"{base_url}\"\nca_file = \"{}\"\nrequest_timeout_seconds = {}\n",
         socket.display(),
         options.top_config,
         options.store.backend(),
@@ -577,6 +589,7 @@ fn config_text(
             }
             StoreKind::SecretService | StoreKind::Keyutils | StoreKind::Vault => String::new(),
         },
+        with_newline(&options.store_config),
         ca_file.display(),
         options.request_timeout_seconds
     );

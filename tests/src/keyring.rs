@@ -129,6 +129,32 @@ impl SecretServiceSession {
         );
     }
 
+    /// SIGSTOPs gnome-keyring: it stays on the bus and keeps its name, but answers nothing
+    /// (a stuck keyring daemon), until [`SecretServiceSession::thaw_keyring`].
+    #[track_caller]
+    pub fn freeze_keyring(&self) {
+        self.signal_keyring(libc::SIGSTOP);
+    }
+
+    /// SIGCONTs a frozen gnome-keyring: it answers what was queued, and everything after.
+    #[track_caller]
+    pub fn thaw_keyring(&self) {
+        self.signal_keyring(libc::SIGCONT);
+    }
+
+    #[track_caller]
+    fn signal_keyring(&self, signal: i32) {
+        let pid = i32::try_from(self.keyring.id()).expect("pid fits i32");
+        // SAFETY: a signal to our own child process, which has not been reaped.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     fn isolated_env(dir: &Path, address: &str) -> Vec<(String, String)> {
         let at = |sub: &str| dir.join(sub).display().to_string();
         vec![

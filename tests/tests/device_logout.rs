@@ -41,7 +41,8 @@ async fn device_logout_wipes_everything(store: StoreKind) {
         assert!(broker.store_has_entry(account), "{account} is stored");
     }
 
-    // The first blacklist call (account "default") fails upstream.
+    // The first blacklist call fails upstream: "default"'s or "bob"'s (they are ended side
+    // by side, and the entry of "retired" after them).
     fake.knobs().fail_next(Endpoint::Blacklist, 1, 500);
     let out = broker.ctl(&["logout", "--all"]).await;
     assert_eq!(
@@ -56,13 +57,12 @@ async fn device_logout_wipes_everything(store: StoreKind) {
             .unwrap_or_else(|| panic!("no line for {account} in:\n{}", out.stdout))
             .to_owned()
     };
-    assert!(line("default").contains("warning"), "{}", out.stdout);
-    assert!(
-        line("default").contains("store entry deleted"),
-        "{}",
-        out.stdout
-    );
-    assert!(line("bob").contains("therappai: revoked"), "{}", out.stdout);
+    let (failed, revoked): (Vec<String>, Vec<String>) = [line("default"), line("bob")]
+        .into_iter()
+        .partition(|l| l.contains("warning"));
+    assert_eq!(failed.len(), 1, "{}", out.stdout);
+    assert!(failed[0].contains("store entry deleted"), "{}", out.stdout);
+    assert!(revoked[0].contains("therappai: revoked"), "{}", out.stdout);
     assert!(
         line("retired").contains("no longer in the config"),
         "{}",
@@ -114,4 +114,52 @@ async fn secret_service_device_logout_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyutils_device_logout_leaves_nothing() {
     device_logout_wipes_everything(StoreKind::Keyutils).await;
+}
+
+/// With therappai slow to answer each blacklist call, `logout --all` ends the accounts side by
+/// side (bounded), not one after another: the fake sees several calls in flight at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_logout_ends_accounts_side_by_side() {
+    let fake = fake().await;
+    let mut options = BrokerOptions::new(StoreKind::Keyutils, ALICE)
+        .with_account("bob", BOB)
+        .with_account("carol", ALICE)
+        .with_account("dave", BOB);
+    options.revoke_path = Some("/token/blacklist/".to_owned());
+    let broker = Broker::start(options, &fake.base_url(), &fake.ca_pem());
+    let accounts = [
+        ("default", ALICE_PASSWORD),
+        ("bob", BOB_PASSWORD),
+        ("carol", ALICE_PASSWORD),
+        ("dave", BOB_PASSWORD),
+    ];
+    for (account, password) in accounts {
+        broker.login(account, password).await;
+    }
+    // Well under request_timeout_seconds (5): every call succeeds, each takes a while.
+    fake.knobs()
+        .set_blacklist_delay(std::time::Duration::from_secs(2));
+
+    let out = broker.ctl(&["logout", "--all"]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for (account, _) in accounts {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("\"{account}\"")))
+            .unwrap_or_else(|| panic!("no line for {account} in:\n{}", out.stdout));
+        assert!(line.contains("therappai: revoked"), "{}", out.stdout);
+        assert!(line.contains("store entry deleted"), "{}", out.stdout);
+        assert!(
+            !broker.store_has_entry(account),
+            "{account} is still stored"
+        );
+    }
+    let counters = fake.counters();
+    assert_eq!(counters.blacklist_ok, 4, "each account's token was revoked");
+    assert!(
+        counters.blacklist_max_in_flight >= 2,
+        "the accounts were ended one after another (at most {} blacklist call in flight)",
+        counters.blacklist_max_in_flight
+    );
 }

@@ -22,8 +22,12 @@ use crate::error::BrokerError;
 use crate::secret::RefreshToken;
 use crate::store::StoreError;
 use crate::upstream::Revocation;
+use futures_util::{StreamExt, stream};
 use std::future::Future;
 use std::sync::Arc;
+
+/// How many accounts a device logout or revoke ends at once.
+const DEVICE_CONCURRENCY: usize = 8;
 
 /// Why a session is being ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,16 +155,27 @@ impl Sessions {
     }
 
     async fn end_device_now(&self, mode: EndMode) -> DeviceOutcome {
-        let mut accounts = Vec::new();
-        for slot in self.cache.slots() {
-            accounts.push(self.end_slot(slot, mode).await);
-        }
+        // Accounts are independent (each has its own flight slot and store lane), so they are
+        // ended side by side, at most DEVICE_CONCURRENCY at once: with therappai slow, a
+        // device with many accounts is wiped in about one request timeout, not one per
+        // account. All inside this one task, so it stays as cancellation-safe as before;
+        // `buffered` keeps the results in config order.
+        let slots: Vec<Arc<AccountSlot>> = self.cache.slots().cloned().collect();
+        let mut accounts: Vec<AccountOutcome> = stream::iter(slots)
+            .map(|slot| async move { self.end_slot(&slot, mode).await })
+            .buffered(DEVICE_CONCURRENCY)
+            .collect()
+            .await;
         let configured = self.cache.names();
         let listing_error = match self.store.accounts().await {
             Ok(names) => {
-                for name in names.into_iter().filter(|n| !configured.contains(n)) {
-                    accounts.push(self.end_leftover(name, mode).await);
-                }
+                let leftovers = names.into_iter().filter(|n| !configured.contains(n));
+                let ended: Vec<AccountOutcome> = stream::iter(leftovers)
+                    .map(|name| self.end_leftover(name, mode))
+                    .buffered(DEVICE_CONCURRENCY)
+                    .collect()
+                    .await;
+                accounts.extend(ended);
                 None
             }
             Err(err) => {

@@ -208,6 +208,20 @@ pub enum StoreError {
         /// Whether OpenBao itself is down (sealed, unreachable, no leader).
         unavailable: bool,
     },
+    /// The store did not answer one call within `[store] call_timeout_seconds` (the call
+    /// itself, or an earlier call for the same account it had to wait behind, still hangs).
+    #[error(
+        "the {backend} store did not answer within {seconds} s while trying to {op}: {}; the broker keeps running and other accounts are served, try again once the store answers (the bound is [store] call_timeout_seconds)",
+        what_to_check(*.backend)
+    )]
+    CallTimeout {
+        /// The backend that did not answer.
+        backend: Backend,
+        /// What the broker was doing, with the account.
+        op: Op,
+        /// The bound that ran out.
+        seconds: u64,
+    },
     /// The blocking task running the store call died.
     #[error(
         "the {backend} store task {how} while trying to {op}; the broker keeps running, try again"
@@ -222,7 +236,30 @@ pub enum StoreError {
     },
 }
 
+/// Where a sysadmin looks when a backend stops answering.
+fn what_to_check(backend: Backend) -> &'static str {
+    match backend {
+        Backend::SecretService => {
+            "check that the session's Secret Service is running and not stuck (for GNOME Keyring: `systemctl --user status gnome-keyring-daemon`, and `busctl --user status org.freedesktop.secrets`); restarting it ends a hang"
+        }
+        Backend::Keyutils => {
+            "the kernel keyring should answer at once; check the kernel log (`journalctl -k`) and whether the machine is overloaded or a request-key helper is stuck (`ps -ef | grep request-key`)"
+        }
+        Backend::EncryptedFile => {
+            "check that the file system holding the store file ([store] file) responds: a hung network mount or a failing disk (`journalctl -k`, `df`), or a full disk"
+        }
+        Backend::Vault => {
+            "check that OpenBao is reachable and unsealed (`bao status` against [store.vault] address) and that the network to it is not stalled"
+        }
+    }
+}
+
 impl StoreError {
+    /// Whether this is a call that did not answer within `[store] call_timeout_seconds`.
+    pub fn is_call_timeout(&self) -> bool {
+        matches!(self, Self::CallTimeout { .. })
+    }
+
     /// Whether the store itself failed (no bus, no Secret Service, locked, refused, gone),
     /// rather than answering about one entry (corrupt, ambiguous, a name it cannot file).
     pub fn is_unavailable(&self) -> bool {

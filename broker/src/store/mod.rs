@@ -6,7 +6,8 @@
 //! operation and the account name only), and it must never be called from async code
 //! directly: [`Store`] is blocking, and the Secret Service store runs its own runtime and
 //! panics inside tokio. The rest of the broker goes through [`StoreHandle`], which moves every
-//! call to `spawn_blocking`.
+//! call to `spawn_blocking`, bounded by `[store] call_timeout_seconds`, one call per account
+//! at a time (see `lanes.rs`).
 //!
 //! # How entries are filed
 //!
@@ -49,6 +50,7 @@
 pub mod encrypted_file;
 mod error;
 mod keyutils;
+mod lanes;
 #[cfg(test)]
 mod memory;
 mod secret_service;
@@ -65,6 +67,7 @@ use encrypted_file::KeySource;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Which OS backend holds the refresh tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,7 +314,8 @@ fn check_account(account: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Async facade used by the rest of the broker: each call runs on tokio's blocking pool.
+/// Async facade used by the rest of the broker: each call runs on tokio's blocking pool,
+/// bounded by the call timeout, at most one per account at a time.
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
     inner: Arc<dyn Store>,
@@ -320,6 +324,11 @@ pub struct StoreHandle {
     fleet: Option<Arc<vault::VaultStore>>,
     /// Told of every call's outcome: store errors and availability (health, metrics).
     metrics: Arc<crate::metrics::Metrics>,
+    /// `[store] call_timeout_seconds`: how long a caller waits for one call (its turn in the
+    /// account's lane included).
+    call_timeout: Duration,
+    /// Shared by every clone: one blocking call per account at a time.
+    lanes: Arc<lanes::Lanes>,
 }
 
 impl StoreHandle {
@@ -329,6 +338,8 @@ impl StoreHandle {
             inner,
             fleet: None,
             metrics: Arc::default(),
+            call_timeout: crate::config::DEFAULT_STORE_CALL_TIMEOUT,
+            lanes: Arc::default(),
         }
     }
 
@@ -338,7 +349,22 @@ impl StoreHandle {
             inner: Arc::clone(&store) as Arc<dyn Store>,
             fleet: Some(store),
             metrics: Arc::default(),
+            call_timeout: crate::config::DEFAULT_STORE_CALL_TIMEOUT,
+            lanes: Arc::default(),
         }
+    }
+
+    /// Bounds every call by `timeout` (`[store] call_timeout_seconds`).
+    #[must_use]
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Resolves once no call for `account` is out in the store (a call that timed out has
+    /// really returned), without starting one. Not bounded: the caller decides how long.
+    pub async fn settled(&self, account: &str) {
+        drop(self.lanes.lane(account).lock().await);
     }
 
     /// The fleet's OpenBao store, when that is the backend.
@@ -407,25 +433,37 @@ impl StoreHandle {
     {
         let inner = Arc::clone(&self.inner);
         let backend = inner.backend();
-        let result = match tokio::task::spawn_blocking(move || {
-            let result = call(inner.as_ref());
-            // This thread may now idle for seconds holding the secret's last bytes.
-            crate::secret::wipe_idle_thread();
-            result
-        })
-        .await
-        {
-            Ok(result) => result,
-            // The panic payload is not shown: we cannot vouch for what it contains.
-            Err(e) => Err(StoreError::TaskFailed {
-                backend,
-                op: op.clone(),
-                how: if e.is_panic() {
-                    "panicked"
-                } else {
-                    "was cancelled"
-                },
-            }),
+        // One deadline for the wait for the lane and the call itself: the caller is answered
+        // within the timeout whatever is ahead of it.
+        let deadline = tokio::time::Instant::now() + self.call_timeout;
+        let lane = self.lanes.lane(lane_key(&op));
+        let result = match tokio::time::timeout_at(deadline, lane.lock_owned()).await {
+            Err(_) => Err(self.timed_out(backend, &op, true)),
+            Ok(turn) => {
+                // The turn moves into the blocking call and is given back when it returns
+                // (or unwinds), never when this future stops waiting.
+                let task = tokio::task::spawn_blocking(move || {
+                    let result = call(inner.as_ref());
+                    drop::<lanes::Turn>(turn);
+                    // This thread may now idle for seconds holding the secret's last bytes.
+                    crate::secret::wipe_idle_thread();
+                    result
+                });
+                match tokio::time::timeout_at(deadline, task).await {
+                    Ok(Ok(result)) => result,
+                    // The panic payload is not shown: we cannot vouch for what it contains.
+                    Ok(Err(e)) => Err(StoreError::TaskFailed {
+                        backend,
+                        op: op.clone(),
+                        how: if e.is_panic() {
+                            "panicked"
+                        } else {
+                            "was cancelled"
+                        },
+                    }),
+                    Err(_) => Err(self.timed_out(backend, &op, false)),
+                }
+            }
         };
         match &result {
             Ok(_) => self.metrics.store_answered(),
@@ -433,7 +471,27 @@ impl StoreHandle {
         }
         result
     }
+
+    fn timed_out(&self, backend: Backend, op: &Op, behind_earlier_call: bool) -> StoreError {
+        let seconds = self.call_timeout.as_secs();
+        tracing::warn!(%backend, op = %op, seconds, behind_earlier_call, "the store did not answer within [store] call_timeout_seconds");
+        StoreError::CallTimeout {
+            backend,
+            op: op.clone(),
+            seconds,
+        }
+    }
+}
+
+/// The lane a call waits in: its account's, or the one for calls about no account.
+fn lane_key(op: &Op) -> &str {
+    match op {
+        Op::Load(account) | Op::Save(account) | Op::Delete(account) => account,
+        Op::Open | Op::List | Op::Rekey => "",
+    }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod timeout_tests;

@@ -209,6 +209,7 @@ async fn blacklist(shared: &Shared, req: Request<Incoming>) -> Outcome {
     if !shared.knobs.state().revoke_path_enabled {
         return Ok(not_found());
     }
+    let _in_flight = BlacklistInFlight::enter(shared);
     let delay = shared.knobs.state().blacklist_delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -226,6 +227,25 @@ async fn blacklist(shared: &Shared, req: Request<Incoming>) -> Outcome {
             Ok(json_reply(StatusCode::OK, &json!({})))
         }
         Err(refused) => Ok(token_not_valid(refused)),
+    }
+}
+
+/// Counts a blacklist call as in flight until it is answered (or its connection drops).
+struct BlacklistInFlight<'a>(&'a Shared);
+
+impl<'a> BlacklistInFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.count(|c| {
+            c.blacklist_in_flight += 1;
+            c.blacklist_max_in_flight = c.blacklist_max_in_flight.max(c.blacklist_in_flight);
+        });
+        Self(shared)
+    }
+}
+
+impl Drop for BlacklistInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.count(|c| c.blacklist_in_flight -= 1);
     }
 }
 

@@ -39,6 +39,10 @@ pub struct Counters {
     pub blacklist_calls: u64,
     /// Blacklist calls that blacklisted a token.
     pub blacklist_ok: u64,
+    /// Blacklist calls being handled right now (from arrival, through the delay, to the answer).
+    pub blacklist_in_flight: u64,
+    /// The most blacklist calls that were ever in flight at once.
+    pub blacklist_max_in_flight: u64,
     /// Every `GET /me/`.
     pub me_calls: u64,
     /// `GET /me/` calls with a valid access token.

@@ -328,6 +328,7 @@ fn describe_names_the_file_the_key_and_why() {
         file: Some(world.file()),
         key_file: Some(key.path().to_owned()),
         vault: None,
+        call_timeout: crate::config::DEFAULT_STORE_CALL_TIMEOUT,
     };
     let store = crate::store::open(&config).expect("open");
     let text = store.describe();
@@ -354,6 +355,7 @@ fn no_key_at_all_says_how_to_make_one() {
         file: Some("/nonexistent/tokens.enc".into()),
         key_file: None,
         vault: None,
+        call_timeout: crate::config::DEFAULT_STORE_CALL_TIMEOUT,
     };
     // Only meaningful where no credential directory is set (not under systemd).
     if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
