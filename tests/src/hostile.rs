@@ -109,7 +109,7 @@ pub async fn connection_flood(socket: &Path, count: usize, hold: Duration, tally
                 continue;
             }
         };
-        tasks.push(tokio::spawn(hold_connection(stream, i % 3, hold)));
+        tasks.push(tokio::spawn(hold_connection(stream, i % 5, hold)));
     }
     for task in tasks {
         match task.await {
@@ -119,12 +119,17 @@ pub async fn connection_flood(socket: &Path, count: usize, hold: Duration, tally
     }
 }
 
-/// One held connection; true when the broker closed it before `hold` ran out.
+/// One held connection; true when the broker closed it before `hold` ran out. By `kind`:
+/// 0 the preface a byte every 50 ms, 2 junk instead of a preface, 3 silence for 5 s then the
+/// preface; 1 and 4 a prompt preface (a client that leaks connections). Those that complete the preface then
+/// send an empty SETTINGS frame and stay silent: past the handshake timeout, they hold a
+/// descriptor each until the idle timeout, so without a per-uid cap 1,600 of them exhaust the
+/// broker's descriptors.
 async fn hold_connection(mut stream: UnixStream, kind: usize, hold: Duration) -> bool {
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
     let (mut reader, mut writer) = stream.split();
     let write = async {
         match kind {
-            // Slowloris: the preface a byte every 50 ms, then a SETTINGS frame, then silence.
             0 => {
                 for byte in PREFACE {
                     if writer.write_all(&[*byte]).await.is_err() {
@@ -132,16 +137,23 @@ async fn hold_connection(mut stream: UnixStream, kind: usize, hold: Duration) ->
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let _ = writer.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                let _ = writer.write_all(&SETTINGS).await;
             }
-            // Junk where the preface belongs.
-            1 => {
+            2 => {
                 let _ = writer
                     .write_all(b"GET / HTTP/1.1\r\n\x00\xff\xfe junk\r\n\r\n")
                     .await;
             }
-            // Nothing at all.
-            _ => {}
+            // Silence, then the preface just before a 10 s handshake timeout would close it.
+            3 => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = writer.write_all(PREFACE).await;
+                let _ = writer.write_all(&SETTINGS).await;
+            }
+            _ => {
+                let _ = writer.write_all(PREFACE).await;
+                let _ = writer.write_all(&SETTINGS).await;
+            }
         }
         std::future::pending::<()>().await;
     };

@@ -28,8 +28,12 @@ const PASSWORD: &str = "victors-long-password";
 /// Set (to the socket's path) in the re-executed hostile child.
 const CHILD_ENV: &str = "THERAPPAI_E2E_FLOOD_SOCKET";
 const CONNECTIONS: usize = 2_000;
-/// How long the flood holds its connections.
-const HOLD: Duration = Duration::from_secs(8);
+/// How long the flood holds its connections: longer than root's per-call bound
+/// ([`CALL_BOUND`]), so that a flood that locked root out (no per-uid cap: no descriptor left to
+/// accept root's new connections) fails the test instead of only slowing it.
+const HOLD: Duration = Duration::from_secs(25);
+/// Liveness bound of one of root's calls (not a latency target).
+const CALL_BOUND: Duration = Duration::from_secs(20);
 
 /// The hostile side: runs only when re-executed by the flood test, as another uid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +106,7 @@ impl Victim {
         self.calls += 1;
         let started = Instant::now();
         let fresh = self.calls % 10 == 0;
-        let answer = tokio::time::timeout(Duration::from_secs(20), async {
+        let answer = tokio::time::timeout(CALL_BOUND, async {
             let mut client = if fresh {
                 Self::client(&self.socket).await
             } else {
@@ -118,7 +122,7 @@ impl Victim {
         .await
         .unwrap_or_else(|_| {
             panic!(
-                "root's call #{} ({phase}) got no answer within 20 s",
+                "root's call #{} ({phase}) got no answer within {CALL_BOUND:?}",
                 self.calls
             )
         });
@@ -206,8 +210,8 @@ async fn a_flooding_uid_does_not_stop_another_from_getting_its_cached_token() {
                 break;
             }
             assert!(
-                flood_started.elapsed() < Duration::from_secs(60),
-                "the hostile child did not finish within 60 s"
+                flood_started.elapsed() < Duration::from_secs(90),
+                "the hostile child did not finish within 90 s"
             );
         }
     }
