@@ -5,6 +5,8 @@
 //! scrubbed of the secrets that were sent). Retrying is the refresher's decision, not this
 //! module's: each method makes exactly one HTTP request.
 
+mod echo;
+
 use crate::config::UpstreamConfig;
 use crate::jwt;
 use crate::secret::{AccessToken, Password, RefreshToken};
@@ -378,18 +380,17 @@ fn scrub_json(value: &mut serde_json::Value) {
 /// The error for a non-2xx, non-5xx, non-429 answer.
 fn error_for(status: u16, bytes: &[u8], sent_secrets: &[&str]) -> UpstreamError {
     let body: ErrorBody = serde_json::from_slice(bytes).unwrap_or_default();
-    let mut detail = match &body.detail {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::from_utf8_lossy(bytes).chars().take(200).collect(),
+    // A server could echo what it was sent; no piece of a secret may reach a log or an error.
+    // Checked on the whole body, before anything is cut or quoted from it.
+    let mut detail = if echo::echoes_secret(bytes, sent_secrets) {
+        "[detail withheld: it echoed a secret]".to_owned()
+    } else {
+        match &body.detail {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        }
     };
-    // A server could echo what it was sent; a secret must never reach a log or an error.
-    if sent_secrets
-        .iter()
-        .any(|s| !s.is_empty() && detail.contains(s))
-    {
-        detail = "[detail withheld: it echoed a secret]".into();
-    }
     // Cut by characters, not bytes: an error page may be non-ASCII.
     if detail.chars().count() > 200 {
         detail = detail.chars().take(200).collect();

@@ -13,7 +13,9 @@
 pub mod broker;
 pub mod connect_proxy;
 pub mod grpcurl;
+pub mod hostile;
 pub mod keyring;
+pub mod leak_scan;
 pub mod memory_image;
 pub mod npm_packages;
 pub mod openbao;

@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -189,6 +189,8 @@ pub struct Needles {
     names: Vec<String>,
     /// The bytes that occur in some secret: a window holding any other byte cannot match.
     alphabet: [bool; 256],
+    /// Windows that more than one secret holds (see [`Needles::drop_shared`]).
+    shared: HashSet<[u8; WINDOW]>,
 }
 
 impl Default for Needles {
@@ -197,6 +199,7 @@ impl Default for Needles {
             windows: HashMap::new(),
             names: Vec::new(),
             alphabet: [false; 256],
+            shared: HashSet::new(),
         }
     }
 }
@@ -247,8 +250,24 @@ impl Needles {
         for window in secret.as_bytes().windows(WINDOW) {
             let mut key = [0; WINDOW];
             key.copy_from_slice(window);
-            self.windows.insert(key, index);
+            if self
+                .windows
+                .insert(key, index)
+                .is_some_and(|other| other != index)
+            {
+                self.shared.insert(key);
+            }
         }
+    }
+
+    /// Forgets the windows two different secrets share: the fixed structure of a format (a
+    /// JWT payload's first claims are the same in every token) is not secret, and a hit on
+    /// it could not say whose it is. Returns how many were dropped.
+    pub fn drop_shared(&mut self) -> usize {
+        for key in &self.shared {
+            self.windows.remove(key);
+        }
+        std::mem::take(&mut self.shared).len()
     }
 
     pub fn len(&self) -> usize {

@@ -133,6 +133,13 @@ fn injected(shared: &Shared, endpoint: Endpoint) -> Option<Outcome> {
     })
 }
 
+/// A scripted answer echoing `secret` (what the request carried) for `endpoint`, if queued.
+fn echoed(shared: &Shared, endpoint: Endpoint, secret: &str) -> Option<Reply> {
+    let (status, shape) = shared.knobs.take_echo(endpoint)?;
+    shared.count(|c| c.faults_injected += 1);
+    Some(crate::echo::reply(status, shape, secret))
+}
+
 async fn login(shared: &Shared, req: Request<Incoming>) -> Outcome {
     if req.headers().contains_key(header::AUTHORIZATION) {
         shared.count(|c| c.login_with_authorization_header += 1);
@@ -148,6 +155,9 @@ async fn login(shared: &Shared, req: Request<Incoming>) -> Outcome {
         Ok(fields) => fields,
         Err(reply) => return Ok(reply),
     };
+    if let Some(reply) = echoed(shared, Endpoint::Login, &fields[1]) {
+        return Ok(reply);
+    }
     let [email, password] = [&fields[0], &fields[1]];
     let Some(user_id) = shared.authenticate(email, password) else {
         shared.count(|c| c.login_failed += 1);
@@ -189,6 +199,9 @@ async fn refresh(shared: &Shared, req: Request<Incoming>) -> Outcome {
         Ok(fields) => fields,
         Err(reply) => return Ok(reply),
     };
+    if let Some(reply) = echoed(shared, Endpoint::Refresh, &fields[0]) {
+        return Ok(reply);
+    }
     match shared.refresh(&fields[0]) {
         Ok(issued) => {
             shared.count(|c| c.refresh_ok += 1);
@@ -221,6 +234,9 @@ async fn blacklist(shared: &Shared, req: Request<Incoming>) -> Outcome {
         Ok(fields) => fields,
         Err(reply) => return Ok(reply),
     };
+    if let Some(reply) = echoed(shared, Endpoint::Blacklist, &fields[0]) {
+        return Ok(reply);
+    }
     match shared.blacklist(&fields[0]) {
         Ok(()) => {
             shared.count(|c| c.blacklist_ok += 1);

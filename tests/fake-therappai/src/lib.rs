@@ -7,6 +7,7 @@
 //! failures, and read [`Counters`] to check what the broker did. It never logs a token, a
 //! password or a query string.
 
+mod echo;
 mod handlers;
 mod jwt;
 mod server;
@@ -27,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use echo::EchoShape;
 pub use handlers::{BASE_PATH, BLACKLIST_PATH};
 pub use state::{Counters, Endpoint, Knobs};
 

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use crate::echo::EchoShape;
 use crate::jwt::{Claims, Signer, TokenType};
 
 /// Locks a mutex, shrugging off poisoning: a panicking test thread must not turn every
@@ -103,6 +104,8 @@ pub(crate) struct KnobState {
     pub(crate) refresh_missing_access: bool,
     pub(crate) revoke_path_enabled: bool,
     faults: HashMap<Endpoint, VecDeque<Fault>>,
+    /// Error answers that echo the request's secret field, applied once its body is read.
+    echoes: HashMap<Endpoint, VecDeque<(u16, EchoShape)>>,
 }
 
 /// A shared handle to change the fake's behaviour while it runs. Cheap to clone; every
@@ -127,6 +130,7 @@ impl Knobs {
                 refresh_missing_access: false,
                 revoke_path_enabled: true,
                 faults: HashMap::new(),
+                echoes: HashMap::new(),
             })),
         }
     }
@@ -206,7 +210,23 @@ impl Knobs {
 
     /// Forgets every scripted fault that has not fired yet.
     pub fn clear_faults(&self) {
-        self.state().faults.clear();
+        let mut state = self.state();
+        state.faults.clear();
+        state.echoes.clear();
+    }
+
+    /// Answers the next `count` requests to `endpoint` (login, refresh or blacklist) with
+    /// `status` and a body that echoes the secret the request carried (the refresh token, or
+    /// the password on login), in `shape`. The token is not consumed.
+    pub fn echo_next(&self, endpoint: Endpoint, count: usize, status: u16, shape: EchoShape) {
+        let mut state = self.state();
+        let queue = state.echoes.entry(endpoint).or_default();
+        queue.extend(std::iter::repeat_n((status, shape), count));
+    }
+
+    /// Pops the next echo answer for `endpoint`, if any.
+    pub(crate) fn take_echo(&self, endpoint: Endpoint) -> Option<(u16, EchoShape)> {
+        self.state().echoes.get_mut(&endpoint)?.pop_front()
     }
 
     /// Holds every `/refresh/` request this long before handling it (the call is counted
