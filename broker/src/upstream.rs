@@ -398,7 +398,13 @@ fn error_for(status: u16, bytes: &[u8], sent_secrets: &[&str]) -> UpstreamError 
     let token_not_valid = body.code.as_deref() == Some("token_not_valid");
     match status {
         401 | 400 if token_not_valid => UpstreamError::TokenNotValid { detail },
-        401 => UpstreamError::TokenNotValid { detail },
+        // Only therappai's own verdict ends a session (issue 11, defect 6): a 401 without its
+        // code comes from something in between and says nothing about the refresh token.
+        401 => UpstreamError::Unavailable {
+            reason: format!(
+                "HTTP 401 without therappai's token_not_valid code, so not a verdict on the refresh token (a proxy or firewall in between, or [upstream] base_url pointing at another service?): {detail}"
+            ),
+        },
         _ => UpstreamError::Refused { status, detail },
     }
 }
@@ -518,6 +524,13 @@ mod tests {
         let err = error_for(401, body, &["abc.def.ghi"]);
         assert!(matches!(err, UpstreamError::TokenNotValid { .. }));
         assert!(!err.to_string().contains("abc.def.ghi"), "{err}");
+    }
+
+    #[test]
+    fn a_401_without_token_not_valid_is_an_upstream_failure() {
+        let err = error_for(401, br#"{"detail":"Authentication required"}"#, &[]);
+        assert!(err.is_transient(), "not a dead session: {err:?}");
+        assert!(err.to_string().contains("token_not_valid code"), "{err}");
     }
 
     #[test]

@@ -472,7 +472,7 @@ async fn no_secret_reaches_anything_observable_in_any_flow() {
             .await;
         }
     }
-    // A 401 ends the cycle at its first attempt.
+    // A 401 without therappai's code is a failed attempt, not a dead session.
     w.fault("401 without token_not_valid", Some(1), |k| {
         k.fail_next(Endpoint::Refresh, 1, 401);
     })
