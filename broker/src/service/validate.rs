@@ -129,7 +129,7 @@ fn invalid(message: String) -> BrokerError {
 mod tests {
     use super::*;
 
-    /// Found by the `request_validation` fuzz target's oracle: Login, Logout and Revoke
+    /// Found while writing the `request_validation` fuzz target: Login, Logout and Revoke
     /// looked the account up without checking the name, so a junk name (any length) came
     /// back whole in the NOT_FOUND message, and Login logged it raw in its rate-limit audit.
     #[test]
