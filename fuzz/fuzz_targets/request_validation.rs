@@ -18,9 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     match rpc % 9 {
-        0 => {
-            differential::<pb::GetAccessTokenRequest>(wire, |r| fuzzing::check_get_access_token(r))
-        }
+        0 => differential::<pb::GetAccessTokenRequest>(wire, fuzzing::check_get_access_token),
         1 => differential::<pb::ReportRejectedRequest>(wire, |r| {
             fuzzing::check_report_rejected(&mut r.clone())
         }),
