@@ -517,7 +517,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: parse_error_message(text, &e),
         })?;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -813,6 +813,59 @@ fn validate_admin(raw: RawAdmin) -> Result<AdminRule, String> {
     })
 }
 
+/// Longest part of the offending line a parse error quotes.
+const QUOTED_LINE_MAX: usize = 160;
+
+/// toml's message with the line and column, and the offending line with any URL's
+/// `user:password@` masked. toml's own rendering quotes the line as it is, which put the
+/// proxy password in the log for a typo on the `proxy` line (found by the `config` fuzz
+/// target), and quotes a line of any length.
+fn parse_error_message(text: &str, error: &toml::de::Error) -> String {
+    let message = mask_userinfo(error.message().trim_end()).replace('\n', " ");
+    let Some(span) = error.span() else {
+        return format!("TOML parse error: {message}");
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_number = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let mut quoted: String = mask_userinfo(line.trim())
+        .chars()
+        .take(QUOTED_LINE_MAX)
+        .collect();
+    if quoted.chars().count() < line.trim().chars().count() {
+        quoted.push('…');
+    }
+    format!(
+        "TOML parse error at line {line_number}, column {column}: {message} (the line reads: {quoted})"
+    )
+}
+
+/// `scheme://user:password@host` → `scheme://***@host`, for every URL in `text`. Masks up to
+/// the last `@` before a quote or a space, whatever comes between (a malformed URL can still
+/// hold a password: `http://?user:password@host`).
+fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| matches!(c, '"' | '\'') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(userinfo_end) => {
+                out.push_str("***");
+                rest = &tail[userinfo_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Account names appear in keyring entries, logs and CLI arguments: keep them boring.
 pub fn validate_account_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -880,6 +933,33 @@ email = "alice@example.com"
         let message = parse(&text).expect_err("typo must fail").to_string();
         assert!(message.contains("bakend"), "{message}");
         assert!(message.contains("/etc/therappai-broker.toml"), "{message}");
+    }
+
+    /// Found while writing the `config` fuzz target (its seed proxy-typo.toml fails the old
+    /// code): toml's message quoted the offending line whole,
+    /// so a typo on the proxy line put the proxy's password in the log.
+    #[test]
+    fn a_parse_error_masks_url_credentials_and_keeps_the_line() {
+        let text = GOOD.replace(
+            "[upstream]",
+            "[upstream]\nproxy = \"http://user:hunter2hunter2@proxy.example:3128\" x",
+        );
+        let message = parse(&text).expect_err("not TOML").to_string();
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(message.contains("line 6, column 57"), "{message}");
+        assert!(
+            message.contains("proxy = \"http://***@proxy.example:3128\" x"),
+            "{message}"
+        );
+        let odd = GOOD.replace(
+            "[upstream]",
+            "[upstream]\nproxy = \"http://?user:hunter2hunter2@proxy.example:3128\" x",
+        );
+        let message = parse(&odd).expect_err("not TOML").to_string();
+        assert!(!message.contains("hunter2"), "{message}");
+        let long = format!("socket = \"/x\" {}", "y".repeat(10_000));
+        let message = parse(&long).expect_err("not TOML").to_string();
+        assert!(message.len() < 600, "{message}");
     }
 
     #[test]

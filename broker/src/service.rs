@@ -7,6 +7,7 @@
 
 mod end;
 mod token;
+pub(crate) mod validate;
 
 use crate::admission::ConnectedPeer;
 use crate::audit::Audit;
@@ -53,18 +54,11 @@ impl BrokerService {
     ) -> Result<Authorized, BrokerError> {
         let peer = caller(request)?;
         let account = account_of(action);
-        // The account is checked before the policy runs: a junk name (any length, any byte)
-        // gets INVALID_ARGUMENT without being echoed, and a well-formed name that is not
-        // configured gets NOT_FOUND. Neither reaches the audit log or grows the grant-audit
-        // map (issue 11, defect 4).
+        // The handler ran its `validate` check first, so the name is well formed; a name
+        // that is not configured gets NOT_FOUND here, before the policy runs. Neither a junk
+        // nor an unknown name reaches the audit log or grows the grant-audit map (issue 11,
+        // defect 4).
         if let Action::Token { account } = action {
-            if !account.is_empty() && crate::config::validate_account_name(account).is_err() {
-                return Err(BrokerError::InvalidArgument {
-                    message: "the account name is not valid (1-64 letters, digits, '-', '_' \
-                              or '.'); pass a name from the broker's config"
-                        .to_owned(),
-                });
-            }
             self.account_slot(account)?;
         }
         match self.policy.current().decide(&peer, action) {
@@ -102,23 +96,20 @@ impl BrokerService {
         &self,
         mut request: Request<pb::LoginRequest>,
     ) -> Result<pb::LoginResponse, BrokerError> {
+        validate::login(request.get_ref())?;
         let who = self.authorize(&request, "Login", Action::Admin)?;
         let uid = who.peer.uid;
         let body = request.get_mut();
         let account = std::mem::take(&mut body.account);
         let password = Password::new(std::mem::take(&mut body.password));
-        // Before anything else, so a locked-out caller learns nothing (not even whether an
-        // account name exists) and never reaches the upstream.
+        // Before anything else but the request's own check (which tells nothing about the
+        // config), so a locked-out caller learns nothing (not even whether an account name
+        // exists) and never reaches the upstream.
         let attempt = self.login_limiter.begin(uid, &account).map_err(|refusal| {
             self.metrics.login("rate-limited");
             self.rate_limited(&account, uid, refusal)
         })?;
         self.account_slot(&account)?;
-        if password.expose().is_empty() {
-            return Err(BrokerError::InvalidArgument {
-                message: "the password is empty".to_owned(),
-            });
-        }
         let result = self.sessions.login(&account, password).await;
         let outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason());
         self.metrics.login(outcome);

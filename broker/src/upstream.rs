@@ -196,20 +196,7 @@ impl Upstream {
     ) -> Result<LoginTokens, UpstreamError> {
         let body = serde_json::json!({ "email": email, "password": password.expose() });
         let (status, mut bytes) = self.post("login", "/login/", body).await?;
-        let secrets = [password.expose()];
-        let result = match status {
-            200 => parse_tokens(&bytes).and_then(|t| {
-                let access = t.access.ok_or_else(|| missing("access"))?;
-                let refresh = t.refresh.ok_or_else(|| missing("refresh"))?;
-                let refresh = RefreshToken::new(refresh);
-                Ok(LoginTokens {
-                    access: issued(access)?,
-                    refresh,
-                })
-            }),
-            401 => Err(UpstreamError::InvalidCredentials),
-            _ => Err(error_for(status, &bytes, &secrets)),
-        };
+        let result = login_answer(status, &bytes, password.expose());
         bytes.zeroize();
         result
     }
@@ -227,17 +214,7 @@ impl Upstream {
     async fn refresh_once(&self, refresh: &RefreshToken) -> Result<Refreshed, UpstreamError> {
         let body = serde_json::json!({ "refresh": refresh.expose() });
         let (status, mut bytes) = self.post("refresh", "/refresh/", body).await?;
-        let secrets = [refresh.expose()];
-        let result = match status {
-            200 => parse_tokens(&bytes).and_then(|t| {
-                let access = t.access.ok_or_else(|| missing("access"))?;
-                Ok(Refreshed {
-                    rotated: t.refresh.map(RefreshToken::new),
-                    access: issued(access),
-                })
-            }),
-            _ => Err(error_for(status, &bytes, &secrets)),
-        };
+        let result = refresh_answer(status, &bytes, refresh.expose());
         bytes.zeroize();
         result
     }
@@ -250,17 +227,10 @@ impl Upstream {
         };
         let body = serde_json::json!({ "refresh": refresh.expose() });
         match self.post("revoke", &path, body).await {
-            Ok((200..=299, mut bytes)) => {
-                bytes.zeroize();
-                Revocation::Done
-            }
-            Ok((404, _)) => Revocation::Failed(format!(
-                "the revocation path {path} does not exist upstream (HTTP 404)"
-            )),
             Ok((status, mut bytes)) => {
-                let err = error_for(status, &bytes, &[refresh.expose()]);
+                let outcome = revoke_answer(status, &bytes, &path, refresh.expose());
                 bytes.zeroize();
-                Revocation::Failed(err.to_string())
+                outcome
             }
             Err(err) => Revocation::Failed(err.to_string()),
         }
@@ -334,6 +304,57 @@ impl Upstream {
             });
         }
         Ok((status, bytes))
+    }
+}
+
+/// What a `/login/` answer (status and body, after redirects, 429 and 5xx were handled)
+/// means. `password` is what was sent: it never reaches an error.
+pub(crate) fn login_answer(
+    status: u16,
+    bytes: &[u8],
+    password: &str,
+) -> Result<LoginTokens, UpstreamError> {
+    match status {
+        200 => parse_tokens(bytes).and_then(|t| {
+            let access = t.access.ok_or_else(|| missing("access"))?;
+            let refresh = t.refresh.ok_or_else(|| missing("refresh"))?;
+            let refresh = RefreshToken::new(refresh);
+            Ok(LoginTokens {
+                access: issued(access)?,
+                refresh,
+            })
+        }),
+        401 => Err(UpstreamError::InvalidCredentials),
+        _ => Err(error_for(status, bytes, &[password])),
+    }
+}
+
+/// What a `/refresh/` answer means; `refresh` (the token sent) never reaches an error.
+pub(crate) fn refresh_answer(
+    status: u16,
+    bytes: &[u8],
+    refresh: &str,
+) -> Result<Refreshed, UpstreamError> {
+    match status {
+        200 => parse_tokens(bytes).and_then(|t| {
+            let access = t.access.ok_or_else(|| missing("access"))?;
+            Ok(Refreshed {
+                rotated: t.refresh.map(RefreshToken::new),
+                access: issued(access),
+            })
+        }),
+        _ => Err(error_for(status, bytes, &[refresh])),
+    }
+}
+
+/// What an answer to the blacklist call at `path` means; `refresh` never reaches the reason.
+pub(crate) fn revoke_answer(status: u16, bytes: &[u8], path: &str, refresh: &str) -> Revocation {
+    match status {
+        200..=299 => Revocation::Done,
+        404 => Revocation::Failed(format!(
+            "the revocation path {path} does not exist upstream (HTTP 404)"
+        )),
+        _ => Revocation::Failed(error_for(status, bytes, &[refresh]).to_string()),
     }
 }
 

@@ -248,6 +248,22 @@ async fn junk_and_unknown_account_names_are_not_audited_as_granted() {
     );
     let out = broker.ctl(&["token", "--account", "nosuch"]).await;
     assert_eq!(out.code, 8, "{}", out.stderr);
+    // The admin calls check the name first too: a junk name is refused, not echoed back in
+    // a NOT_FOUND (found while writing the request_validation fuzz target).
+    for rpc in ["logout", "revoke"] {
+        let out = broker.ctl(&[rpc, "--account", &junk]).await;
+        assert_ne!(out.code, 0, "{rpc}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("account name is not valid"),
+            "{rpc}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(&junk),
+            "{rpc} echoes the junk name: {}",
+            out.stderr
+        );
+    }
     let logs = broker.logs();
     assert!(!logs.contains(&junk), "junk name logged: {logs}");
     assert_eq!(

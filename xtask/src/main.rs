@@ -5,6 +5,8 @@
 //! - `test`: installs what the tests need (Debian packages) when missing, checks formatting
 //!   and lints, runs every test, and runs the benchmark in smoke mode (it asserts no timing).
 //! - `deb [--dev]`: the Debian package `target/debian/therappai-broker_*.deb` (see deb.rs).
+//! - `fuzz [target] [seconds]`: runs the cargo-fuzz targets in `fuzz/` (all, or one) for
+//!   `seconds` each (default 300); `test` runs each for 20 s.
 //! - `bench [--smoke]`: builds in release mode and runs the benchmark; the table goes to
 //!   stdout, the figures to `target/bench/bench.json`.
 
@@ -15,6 +17,7 @@ use std::process::{Command, ExitCode};
 mod background;
 mod deb;
 mod demo;
+mod fuzz;
 mod release;
 mod systemd_box;
 
@@ -44,9 +47,10 @@ fn main() -> ExitCode {
             deb::build_deb(profile).map(|_| ())
         }
         "bench" => bench(std::env::args().any(|a| a == "--smoke")),
+        "fuzz" => fuzz::fuzz_command(std::env::args().skip(2)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|bench|deb>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor\n  deb    [--dev] build target/debian/therappai-broker_*.deb (installs cargo-deb if missing);\n         --dev packs the debug binaries into target/debian-dev instead"
+                "usage: cargo xtask <demo|test|bench|deb|fuzz>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor\n  deb    [--dev] build target/debian/therappai-broker_*.deb (installs cargo-deb if missing);\n         --dev packs the debug binaries into target/debian-dev instead\n  fuzz   [target|all] [seconds] run the fuzz targets (config, jwt, upstream,\n         request_validation) for seconds each, default 300 (installs cargo-fuzz if missing)"
             );
             return ExitCode::from(2);
         }
@@ -132,6 +136,7 @@ fn test() -> Result<()> {
     // time, cached after) and cargo-deb: both start now and run beside the lints.
     let box_rootfs = systemd_box::build_in_background()?;
     let cargo_deb = deb::install_cargo_deb_in_background()?;
+    let cargo_fuzz = fuzz::install_cargo_fuzz_in_background()?;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -147,6 +152,10 @@ fn test() -> Result<()> {
     // The end-to-end tests start the real binaries: build them first.
     run("cargo", &["build", "--workspace", "--bins"])?;
     run("cargo", &["test", "--workspace"])?;
+    // No panic, no runaway allocation, no secret in an error, for every parser of untrusted
+    // input: a bounded run of each fuzz target (fuzz/, README "Fuzzing").
+    cargo_fuzz.wait()?;
+    fuzz::run_targets(fuzz::TARGETS, fuzz::SMOKE_SECONDS)?;
     // The package as a sysadmin installs it, in a real systemd (tests/tests/systemd_box.rs).
     cargo_deb.wait()?;
     let package = deb::build_deb(deb::Profile::Dev)?;

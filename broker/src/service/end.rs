@@ -17,6 +17,7 @@ impl BrokerService {
         &self,
         request: Request<pb::LogoutRequest>,
     ) -> Result<pb::LogoutResponse, BrokerError> {
+        super::validate::logout(request.get_ref())?;
         let who = self.authorize(&request, "Logout", Action::Admin)?;
         let account = request.get_ref().account.clone();
         self.account_slot(&account)?;
@@ -66,6 +67,7 @@ impl BrokerService {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<pb::RevokeResponse, BrokerError> {
+        super::validate::revoke(request.get_ref())?;
         let who = self.authorize(&request, "Revoke", Action::Admin)?;
         let body = request.get_ref();
         let outcome = if body.all {

@@ -3,7 +3,7 @@
 //! All three need the same allow rule (a token rule for the account). The token leaves the
 //! broker only in a GetAccessTokenResponse; a WatchSession stream carries states, never tokens.
 
-use super::{BrokerService, session_state};
+use super::{BrokerService, session_state, validate};
 use crate::cache::{AccountSlot, SessionEvent};
 use crate::clock::Clock;
 use crate::error::BrokerError;
@@ -12,19 +12,13 @@ use crate::metrics::TokenOutcome;
 use crate::peer::PeerIdentity;
 use crate::policy::{Action, Decision, SharedPolicy};
 use crate::refresh::Need;
-use crate::secret::AccessToken;
 use std::sync::Arc;
-use std::time::Duration;
 use therappai_broker_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
-/// Validity asked for when a request does not say.
-const DEFAULT_MIN_VALID: Duration = Duration::from_secs(30);
-/// Longest validity a caller may ask for.
-const MAX_MIN_VALID_SECONDS: u32 = 86_400;
 /// Events a WatchSession stream buffers for a slow reader before it waits.
 const STREAM_BUFFER: usize = 16;
 
@@ -53,10 +47,11 @@ impl BrokerService {
         &self,
         request: &Request<pb::GetAccessTokenRequest>,
     ) -> Result<(pb::GetAccessTokenResponse, TokenOutcome), BrokerError> {
+        let checked = validate::get_access_token(request.get_ref())?;
+        let min_valid = checked.min_valid;
         let account = request.get_ref().account.as_str();
         self.authorize(request, "GetAccessToken", Action::Token { account })?;
         let slot = self.account_slot(account)?;
-        let min_valid = min_valid(request.get_ref().min_valid_seconds)?;
         let (served, outcome) = match slot.fresh_access(self.clock.now(), min_valid) {
             Some(served) => (served, TokenOutcome::Cached),
             None => (
@@ -73,6 +68,7 @@ impl BrokerService {
         &self,
         mut request: Request<pb::ReportRejectedRequest>,
     ) -> Result<pb::GetAccessTokenResponse, BrokerError> {
+        let report = validate::report_rejected(request.get_mut())?;
         let account = request.get_ref().account.clone();
         self.authorize(
             &request,
@@ -80,30 +76,10 @@ impl BrokerService {
             Action::Token { account: &account },
         )?;
         let slot = self.account_slot(&account)?;
-        let body = request.get_mut();
-        let min_valid = min_valid(body.min_valid_seconds)?;
-        // The reported token goes straight into a secret type; only its fingerprint is kept.
-        let reported = AccessToken::new(std::mem::take(&mut body.access_token));
-        let fingerprint = match (reported.expose().is_empty(), body.fingerprint.as_str()) {
-            (false, _) => reported.fingerprint(),
-            (true, f) if is_fingerprint(f) => f.to_ascii_lowercase(),
-            (true, "") => {
-                return Err(BrokerError::InvalidArgument {
-                    message: "ReportRejected needs the rejected access_token or its fingerprint"
-                        .to_owned(),
-                });
-            }
-            (true, f) => {
-                // Not echoed: an app that put the token itself here must not get it in logs.
-                return Err(BrokerError::InvalidArgument {
-                    message: format!(
-                        "the fingerprint is not the 8 hex digits GetAccessToken returns (got {} characters); pass that fingerprint, or the token itself in access_token",
-                        f.chars().count()
-                    ),
-                });
-            }
-        };
-        drop(reported);
+        let validate::RejectedReport {
+            min_valid,
+            fingerprint,
+        } = report;
         tracing::info!(
             account,
             access_sha256 = %fingerprint,
@@ -129,6 +105,7 @@ impl BrokerService {
         &self,
         request: Request<pb::WatchSessionRequest>,
     ) -> Result<SessionEvents, BrokerError> {
+        validate::watch_session(request.get_ref())?;
         let account = request.get_ref().account.clone();
         let who = self.authorize(
             &request,
@@ -254,22 +231,6 @@ impl Watch {
             sent = self.tx.send(message) => sent.is_ok(),
         }
     }
-}
-
-fn min_valid(requested: Option<u32>) -> Result<Duration, BrokerError> {
-    match requested {
-        None => Ok(DEFAULT_MIN_VALID),
-        Some(s) if s <= MAX_MIN_VALID_SECONDS => Ok(Duration::from_secs(u64::from(s))),
-        Some(s) => Err(BrokerError::InvalidArgument {
-            message: format!(
-                "min_valid_seconds {s} is more than the maximum {MAX_MIN_VALID_SECONDS}"
-            ),
-        }),
-    }
-}
-
-fn is_fingerprint(value: &str) -> bool {
-    value.len() == 8 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn token_response(served: crate::cache::ServedToken) -> pb::GetAccessTokenResponse {
