@@ -59,10 +59,16 @@ pub enum UpstreamError {
     #[error("therappai refused the e-mail and password (invalid credentials)")]
     InvalidCredentials,
     /// The refresh token is invalid, expired or blacklisted: the session needs a new login.
-    #[error("therappai rejected the refresh token ({detail})")]
+    /// The message is fixed: apps (and status, and WatchSession) never see what the server
+    /// wrote; `detail` (scrubbed) is for the broker's own log.
+    #[error(
+        "therappai rejected the refresh token as expired, blacklisted or revoked (the broker's log has therappai's own words)"
+    )]
     TokenNotValid { detail: String },
-    /// The server answered 4xx for a reason other than the two above.
-    #[error("therappai refused the request: HTTP {status} ({detail})")]
+    /// The server answered 4xx for a reason other than the two above; fixed message as above.
+    #[error(
+        "therappai refused the request: HTTP {status} (the broker's log has therappai's reason)"
+    )]
     Refused { status: u16, detail: String },
     /// Network failure, timeout or 5xx: worth retrying later.
     #[error("therappai is unreachable or failing: {reason}")]
@@ -417,14 +423,15 @@ fn error_for(status: u16, bytes: &[u8], sent_secrets: &[&str]) -> UpstreamError 
         detail = detail.chars().take(200).collect();
     }
     let token_not_valid = body.code.as_deref() == Some("token_not_valid");
+    // The server's words go to the admin's log only (scrubbed above); errors carry fixed text.
+    tracing::warn!(status, detail = %detail, "therappai's reason for refusing the request");
     match status {
         401 | 400 if token_not_valid => UpstreamError::TokenNotValid { detail },
         // Only therappai's own verdict ends a session (issue 11, defect 6): a 401 without its
         // code comes from something in between and says nothing about the refresh token.
         401 => UpstreamError::Unavailable {
-            reason: format!(
-                "HTTP 401 without therappai's token_not_valid code, so not a verdict on the refresh token (a proxy or firewall in between, or [upstream] base_url pointing at another service?): {detail}"
-            ),
+            reason: "HTTP 401 without therappai's token_not_valid code, so not a verdict on the refresh token (a proxy or firewall in between, or [upstream] base_url pointing at another service?)"
+                .to_owned(),
         },
         _ => UpstreamError::Refused { status, detail },
     }
@@ -595,6 +602,25 @@ mod tests {
             append_wiping(&mut body, chunk);
         }
         assert_eq!(body, b"abcdefghij");
+    }
+
+    /// Issue 11, defect 6: what the server wrote reached apps (GetAccessToken errors, status,
+    /// WatchSession reasons); now only the broker's log has it.
+    #[test]
+    fn apps_get_a_fixed_message_whatever_the_body_says() {
+        for status in [400, 401, 403, 418] {
+            for body in [
+                &br#"{"detail":"Call +1-555-0100 for account 4711","code":"token_not_valid"}"#[..],
+                br#"{"detail":"Call +1-555-0100 for account 4711"}"#,
+                b"<html>Call +1-555-0100 for account 4711</html>",
+            ] {
+                let message = error_for(status, body, &[]).to_string();
+                assert!(
+                    !message.contains("555") && !message.contains("4711"),
+                    "{message}"
+                );
+            }
+        }
     }
 
     #[test]

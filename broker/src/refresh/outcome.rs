@@ -184,7 +184,10 @@ impl Refresher {
         claim: Option<&Claim>,
     ) -> BrokerError {
         let account = slot.config.name.as_str();
-        let reason = format!("therappai rejected the refresh token: {detail}");
+        // Fixed text: the reason reaches status and WatchSession; the server's words (scrubbed)
+        // stay in this log line.
+        tracing::warn!(account, %detail, "therappai rejected the refresh token");
+        let reason = "therappai rejected the refresh token as expired, blacklisted or revoked (the broker's log has therappai's own words)".to_owned();
         match (self.store.fleet(), claim) {
             // Only if the entry did not change since this broker claimed it: another broker
             // may have rotated meanwhile, and then the fleet's session lives on.
