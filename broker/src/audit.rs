@@ -90,10 +90,18 @@ fn admit_in<K: std::hash::Hash + Eq>(
     }
 }
 
-fn pid(peer: &PeerIdentity) -> String {
-    peer.pid
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "unknown".to_owned())
+/// The peer's fields of an event: uid, gid, pid, exe and unit.
+fn peer_fields(peer: &PeerIdentity) -> (u32, u32, String, String, &str) {
+    let pid = peer
+        .pid
+        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    (
+        peer.uid,
+        peer.gid,
+        pid,
+        peer.exe_display(),
+        peer.unit_display(),
+    )
 }
 
 impl Audit {
@@ -101,13 +109,7 @@ impl Audit {
     pub fn grant(&self, peer: &PeerIdentity, rpc: &'static str, account: &str, rule: &str) {
         let key = (peer.uid, peer.exe.clone(), account.to_owned(), rpc);
         let suppressed = self.admit(key, Instant::now());
-        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
-            peer.uid,
-            peer.gid,
-            pid(peer),
-            peer.exe_display(),
-            peer.unit_display(),
-        );
+        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = peer_fields(peer);
         match suppressed {
             Some(suppressed) => {
                 tracing::info!(target: TARGET, event = "granted", rpc, account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "allow", rule, suppressed, "granted")
@@ -130,26 +132,14 @@ impl Audit {
         let Some(suppressed) = admit_denial(&self.denials, peer.uid, Instant::now()) else {
             return;
         };
-        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
-            peer.uid,
-            peer.gid,
-            pid(peer),
-            peer.exe_display(),
-            peer.unit_display(),
-        );
+        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = peer_fields(peer);
         tracing::warn!(target: TARGET, event = "denied", rpc, account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "deny", rule, suppressed, "denied");
     }
 
     /// An admin action that policy allowed, with its outcome ("ok" or an error reason):
     /// always logged, never sampled.
     pub fn admin(&self, peer: &PeerIdentity, rpc: &str, account: &str, rule: &str, outcome: &str) {
-        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
-            peer.uid,
-            peer.gid,
-            pid(peer),
-            peer.exe_display(),
-            peer.unit_display(),
-        );
+        let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = peer_fields(peer);
         tracing::info!(target: TARGET, event = "admin-action", rpc, account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "allow", rule, outcome, "admin action");
     }
 }
@@ -162,13 +152,7 @@ pub fn session_ended_elsewhere(account: &str, reason: &str) {
 
 /// A WatchSession stream ended because a reload took the caller's right away.
 pub fn watch_denied(peer: &PeerIdentity, account: &str) {
-    let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = (
-        peer.uid,
-        peer.gid,
-        pid(peer),
-        peer.exe_display(),
-        peer.unit_display(),
-    );
+    let (peer_uid, peer_gid, peer_pid, peer_exe, peer_unit) = peer_fields(peer);
     tracing::warn!(target: TARGET, event = "watch-denied", rpc = "WatchSession", account, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit, decision = "deny", "watch stream ended: the policy no longer allows it");
 }
 

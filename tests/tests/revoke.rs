@@ -165,18 +165,7 @@ async fn token_request_racing_a_revoke_never_gets_the_old_sessions_token() {
     fake.knobs().set_access_lifetime(Duration::from_secs(300));
     fake.knobs().set_refresh_delay(Duration::from_secs(2));
 
-    let socket = broker.socket_path().to_owned();
-    let in_flight = tokio::spawn(async move {
-        let mut client = therappai_broker_client::Client::connect(&socket)
-            .await
-            .expect("connect");
-        client.access_token("default").await
-    });
-    wait_until(
-        "the token request's refresh to reach the upstream",
-        Duration::from_secs(10),
-        || fake.counters().refresh_calls == 1,
-    );
+    let in_flight = token_request_held_upstream(&fake, &broker);
     let revoke = broker.ctl(&["revoke", "--account", "default"]).await;
     assert_eq!(revoke.code, 0, "{}{}", revoke.stdout, revoke.stderr);
 
@@ -213,13 +202,14 @@ async fn token_request_racing_a_revoke_never_gets_the_old_sessions_token() {
     assert!(!token.stdout.contains(&minted));
 }
 
-/// Starts a refresh that therappai holds for 3 s and rotates, and a revoke while it is held;
-/// returns the revoke's output and the refresh token the rotation issued (the live one).
-async fn revoke_during_a_rotation(fake: &FakeTherappai, broker: &Broker) -> (CtlOutput, String) {
-    broker.login("default", PASSWORD).await;
-    fake.knobs().set_rotation(true);
-    fake.knobs().set_access_lifetime(Duration::from_secs(300));
-    fake.knobs().set_refresh_delay(Duration::from_secs(3));
+/// A client-lib token request whose refresh has reached therappai (which holds it for the
+/// refresh delay the caller set), still waiting for its answer.
+fn token_request_held_upstream(
+    fake: &FakeTherappai,
+    broker: &Broker,
+) -> tokio::task::JoinHandle<
+    Result<therappai_broker_client::AccessToken, therappai_broker_client::Error>,
+> {
     let socket = broker.socket_path().to_owned();
     let in_flight = tokio::spawn(async move {
         let mut client = therappai_broker_client::Client::connect(&socket)
@@ -232,6 +222,17 @@ async fn revoke_during_a_rotation(fake: &FakeTherappai, broker: &Broker) -> (Ctl
         Duration::from_secs(10),
         || fake.counters().refresh_calls == 1,
     );
+    in_flight
+}
+
+/// Starts a refresh that therappai holds for 3 s and rotates, and a revoke while it is held;
+/// returns the revoke's output and the refresh token the rotation issued (the live one).
+async fn revoke_during_a_rotation(fake: &FakeTherappai, broker: &Broker) -> (CtlOutput, String) {
+    broker.login("default", PASSWORD).await;
+    fake.knobs().set_rotation(true);
+    fake.knobs().set_access_lifetime(Duration::from_secs(300));
+    fake.knobs().set_refresh_delay(Duration::from_secs(3));
+    let in_flight = token_request_held_upstream(fake, broker);
     let revoke = broker.ctl(&["revoke", "--account", "default"]).await;
     assert!(
         in_flight.await.expect("token task").is_err(),
