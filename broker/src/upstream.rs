@@ -61,13 +61,11 @@ pub enum UpstreamError {
     /// The refresh token is invalid, expired or blacklisted: the session needs a new login.
     /// The message is fixed: apps (and status, and WatchSession) never see what the server
     /// wrote; `detail` (scrubbed) is for the broker's own log.
-    #[error(
-        "therappai rejected the refresh token as expired, blacklisted or revoked (the broker's log has therappai's own words)"
-    )]
+    #[error("{REJECTED_REFRESH_TOKEN}")]
     TokenNotValid { detail: String },
     /// The server answered 4xx for a reason other than the two above; fixed message as above.
     #[error(
-        "therappai refused the request: HTTP {status} (the broker's log has therappai's reason)"
+        "therappai refused the request: HTTP {status} (therappai's reason is in the broker's log: `journalctl -u therappai-broker`)"
     )]
     Refused { status: u16, detail: String },
     /// Network failure, timeout or 5xx: worth retrying later.
@@ -80,6 +78,9 @@ pub enum UpstreamError {
     #[error("therappai answered with an unexpected body: {what}")]
     Malformed { what: String },
 }
+
+/// What apps, status and WatchSession are told when therappai rejects a refresh token.
+pub const REJECTED_REFRESH_TOKEN: &str = "therappai rejected the refresh token as expired, blacklisted or revoked (therappai's own words are in the broker's log: `journalctl -u therappai-broker`)";
 
 impl UpstreamError {
     /// The outcome label of this failure in the metrics.

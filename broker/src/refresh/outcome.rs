@@ -187,7 +187,7 @@ impl Refresher {
         // Fixed text: the reason reaches status and WatchSession; the server's words (scrubbed)
         // stay in this log line.
         tracing::warn!(account, %detail, "therappai rejected the refresh token");
-        let reason = "therappai rejected the refresh token as expired, blacklisted or revoked (the broker's log has therappai's own words)".to_owned();
+        let reason = crate::upstream::REJECTED_REFRESH_TOKEN.to_owned();
         match (self.store.fleet(), claim) {
             // Only if the entry did not change since this broker claimed it: another broker
             // may have rotated meanwhile, and then the fleet's session lives on.
