@@ -524,6 +524,20 @@ impl Broker {
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
+
+    /// A bare tonic client on the broker's socket, for requests client-lib would not send
+    /// (junk fields, a client deadline, a token in the fingerprint field).
+    pub async fn raw_client(
+        &self,
+    ) -> therappai_broker_proto::v1::broker_client::BrokerClient<tonic::transport::Channel> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("unix://{}", self.socket.display()))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect to the broker's socket");
+        therappai_broker_proto::v1::broker_client::BrokerClient::new(channel)
+    }
 }
 
 impl Drop for Broker {

@@ -72,15 +72,7 @@ async fn ended_past_its_deadline(end: End) {
     assert!(broker.store_has_entry("default"));
     fake.knobs().set_blacklist_delay(Duration::from_secs(4));
 
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "unix://{}",
-        broker.socket_path().display()
-    ))
-    .expect("endpoint")
-    .connect()
-    .await
-    .expect("connect");
-    let mut raw = pb::broker_client::BrokerClient::new(channel);
+    let mut raw = broker.raw_client().await;
     let started = Instant::now();
     let status = end_with_a_short_deadline(&mut raw, end).await;
     // tonic's server ends a call past its grpc-timeout with CANCELLED, a client enforcing the

@@ -140,15 +140,7 @@ async fn report_rejected_and_watch_leak_nothing() {
     fake.knobs().set_access_lifetime(Duration::from_secs(300));
     let token = broker.token("default").await;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "unix://{}",
-        broker.socket_path().display()
-    ))
-    .expect("endpoint")
-    .connect()
-    .await
-    .expect("connect");
-    let mut raw = pb::broker_client::BrokerClient::new(channel);
+    let mut raw = broker.raw_client().await;
     let report = |access_token: String, fingerprint: String| pb::ReportRejectedRequest {
         account: "default".to_owned(),
         access_token,

@@ -26,18 +26,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// answered", not a measurement.
 const MARGIN: Duration = Duration::from_secs(8);
 
-async fn raw_client(broker: &Broker) -> pb::broker_client::BrokerClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "unix://{}",
-        broker.socket_path().display()
-    ))
-    .expect("endpoint")
-    .connect()
-    .await
-    .expect("connect");
-    pb::broker_client::BrokerClient::new(channel)
-}
-
 /// Logs `second` in over gRPC, which must fail within the bound; returns the status.
 async fn login_fails_in_time(
     raw: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
@@ -106,7 +94,7 @@ async fn a_frozen_keyring_answers_unavailable_in_time_and_a_timed_out_login_is_u
         .as_ref()
         .expect("secret service")
         .freeze_keyring();
-    let mut raw = raw_client(&broker).await;
+    let mut raw = broker.raw_client().await;
     let first = login_fails_in_time(&mut raw).await;
     assert_names_the_store_and_the_timeout(&first);
     // The first write still hangs: this one waits behind it (never a second thread) and is
