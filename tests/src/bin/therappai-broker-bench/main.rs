@@ -13,6 +13,7 @@ mod alloc_cost;
 mod fleet;
 mod floor;
 mod load;
+mod normaliser_cost;
 mod oidc_ipc;
 mod oidc_mock;
 mod oidc_peer;
@@ -297,6 +298,8 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
     let fleet = fleet::fleet(settings, sizes).await?;
     eprintln!("allocator: the zeroizing allocator against the system one, in process");
     let allocator = alloc_cost::measure(settings.smoke);
+    eprintln!("normaliser: header blocks through the :authority fix, in process");
+    let normaliser = normaliser_cost::measure(settings.smoke);
 
     Ok(serde_json::json!({
         "machine": process::machine(),
@@ -304,6 +307,7 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
         "repeats": settings.repeats,
         "latency": latency,
         "authority": authority,
+        "normaliser": normaliser,
         "stores": stores,
         "throughput": rows,
         "isolation": isolation,
