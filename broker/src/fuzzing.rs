@@ -53,3 +53,8 @@ pub fn check_logout(request: &pb::LogoutRequest) -> Result<(), BrokerError> {
 pub fn check_revoke(request: &pb::RevokeRequest) -> Result<(), BrokerError> {
     validate::revoke(request)
 }
+
+/// The normaliser's quick look at a header block's first `:authority`.
+pub fn first_authority_is_valid(block: &[u8]) -> Option<bool> {
+    crate::authority::quick::first_authority_is_valid(block)
+}

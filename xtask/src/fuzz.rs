@@ -24,7 +24,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every target, in the order they run.
-pub const TARGETS: &[&str] = &["config", "jwt", "upstream", "request_validation"];
+pub const TARGETS: &[&str] = &[
+    "config",
+    "jwt",
+    "upstream",
+    "request_validation",
+    "authority",
+];
 /// Seconds each target runs in `cargo xtask test`.
 pub const SMOKE_SECONDS: u64 = 20;
 /// Seconds each target runs by default in `cargo xtask fuzz`.

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::fuzz_command(std::env::args().skip(2)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|bench|deb|fuzz>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor\n  deb    [--dev] build target/debian/therappai-broker_*.deb (installs cargo-deb if missing);\n         --dev packs the debug binaries into target/debian-dev instead\n  fuzz   [target|all] [seconds] run the fuzz targets (config, jwt, upstream,\n         request_validation) for seconds each, default 300 (installs cargo-fuzz if missing)"
+                "usage: cargo xtask <demo|test|bench|deb|fuzz>\n  demo   run the broker against a fake therappai and keep serving\n  test   install test dependencies if missing, lint, and run every test\n  bench  [--smoke] release build, then measure the broker against the bare gRPC floor\n  deb    [--dev] build target/debian/therappai-broker_*.deb (installs cargo-deb if missing);\n         --dev packs the debug binaries into target/debian-dev instead\n  fuzz   [target|all] [seconds] run the fuzz targets (config, jwt, upstream,\n         request_validation, authority) for seconds each, default 300 (installs cargo-fuzz if missing)"
             );
             return ExitCode::from(2);
         }
