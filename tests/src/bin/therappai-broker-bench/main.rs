@@ -299,7 +299,8 @@ async fn run(settings: &Settings) -> anyhow::Result<serde_json::Value> {
     eprintln!("allocator: the zeroizing allocator against the system one, in process");
     let allocator = alloc_cost::measure(settings.smoke);
     eprintln!("normaliser: header blocks through the :authority fix, in process");
-    let normaliser = normaliser_cost::measure(settings.smoke);
+    let first_request = normaliser_cost::capture_first_request().await?;
+    let normaliser = normaliser_cost::measure(settings.smoke, &first_request);
 
     Ok(serde_json::json!({
         "machine": process::machine(),

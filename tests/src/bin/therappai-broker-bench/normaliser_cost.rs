@@ -5,7 +5,10 @@
 //! re-encoded on every call. grpcio refers to its dynamic table for nearly every field after
 //! the first call (recorded from grpcio 1.85: 9-byte blocks); an encoder that sends a
 //! per-call value as a Huffman-coded literal (h2's and Netty's do, for `grpc-timeout`) makes
-//! the decoder decode Huffman on every call.
+//! the decoder decode Huffman on every call. And a connection's first request, as tonic
+//! (client-lib's transport) really sends it, captured from a listener of the benchmark's own:
+//! judged by the quick look, against decoding it in full with loona-hpack (what every new
+//! connection, so every `therappai-brokerctl token`, paid before).
 
 use std::hint::black_box;
 use std::pin::Pin;
@@ -111,11 +114,108 @@ fn per_block_ns(authority: &str, huffman: bool, iterations: u32, repeats: usize)
     crate::load::median(runs)
 }
 
-/// The figures, as JSON for the report.
-pub fn measure(smoke: bool) -> serde_json::Value {
+/// What client-lib sends on a new connection up to the end of its first header block.
+pub async fn capture_first_request() -> anyhow::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("capture.sock");
+    let listener = tokio::net::UnixListener::bind(&socket)?;
+    let caller = tokio::spawn(async move {
+        let mut client = therappai_broker_client::Client::connect(&socket).await?;
+        client.access_token("default").await
+    });
+    let (mut stream, _) = listener.accept().await?;
+    let mut wire = Vec::new();
+    let captured = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Some(end) = first_block_end(&wire) {
+                wire.truncate(end);
+                return anyhow::Ok(());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "client-lib closed before sending a request");
+            wire.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    caller.abort();
+    captured.map_err(|_| anyhow::anyhow!("client-lib sent no request within 10 s"))??;
+    Ok(wire)
+}
+
+/// Where the first complete HEADERS frame (END_HEADERS set) after the preface ends.
+fn first_block_end(wire: &[u8]) -> Option<usize> {
+    let mut at = wire.strip_prefix(PREFACE).map(|_| PREFACE.len())?;
+    loop {
+        let header = wire.get(at..at + 9)?;
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let end = at + 9 + len;
+        if end > wire.len() {
+            return None;
+        }
+        if header[3] == HEADERS && header[4] & END_HEADERS != 0 {
+            return Some(end);
+        }
+        at = end;
+    }
+}
+
+/// Median nanoseconds for a new connection's normaliser to pass `wire` (preface to first
+/// block), and for loona-hpack to decode that block alone.
+fn first_request_ns(wire: &[u8], iterations: u32, repeats: usize) -> (f64, f64) {
+    let mut out = vec![0u8; 16 * 1024];
+    let block = last_frame_payload(wire);
+    let (mut quick, mut full) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        let started = Instant::now();
+        for _ in 0..iterations {
+            let mut fix = AuthorityFix::default();
+            let passed = read_through(&mut fix, black_box(wire), &mut out);
+            assert_eq!(
+                passed,
+                wire.len(),
+                "the first request did not pass unchanged"
+            );
+        }
+        quick.push(started.elapsed().as_nanos() as f64 / f64::from(iterations));
+        let started = Instant::now();
+        for _ in 0..iterations / 10 {
+            let mut decoder = loona_hpack::Decoder::new();
+            assert!(
+                decoder.decode(black_box(block)).is_ok(),
+                "loona refused tonic's block"
+            );
+        }
+        full.push(started.elapsed().as_nanos() as f64 / f64::from(iterations / 10));
+    }
+    (crate::load::median(quick), crate::load::median(full))
+}
+
+/// The payload of the last frame in `wire` (the HEADERS frame `first_block_end` found; tonic
+/// sends it unpadded, without priority).
+fn last_frame_payload(wire: &[u8]) -> &[u8] {
+    let mut at = PREFACE.len();
+    let mut payload = &wire[0..0];
+    while let Some(header) = wire.get(at..at + 9) {
+        let len =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        payload = &wire[at + 9..at + 9 + len];
+        at += 9 + len;
+    }
+    payload
+}
+
+/// The figures, as JSON for the report; `first_request` from [`capture_first_request`].
+pub fn measure(smoke: bool, first_request: &[u8]) -> serde_json::Value {
     let (iterations, repeats) = if smoke { (2_000, 1) } else { (100_000, 7) };
     let path = "/run/therappai-broker/broker.sock";
+    let (first_quick, first_full) = first_request_ns(first_request, iterations / 10, repeats);
     serde_json::json!({
+        "first_request_bytes": first_request.len(),
+        "first_request_ns": first_quick,
+        "first_request_full_decode_ns": first_full,
         "settled_ns": per_block_ns("localhost", true, iterations, repeats),
         "rewritten_indexed_ns": per_block_ns(path, false, iterations, repeats),
         "rewritten_huffman_ns": per_block_ns(path, true, iterations, repeats),

@@ -164,6 +164,12 @@ fn print_allocator(r: &Value) {
         f(&n["rewritten_indexed_ns"]),
         f(&n["rewritten_huffman_ns"])
     );
+    println!(
+        ":authority normaliser per new connection: client-lib's first request ({} bytes from the preface on) passes in {:.0} ns, judged without decoding its header block; decoding that block with loona-hpack takes {:.0} ns",
+        n["first_request_bytes"],
+        f(&n["first_request_ns"]),
+        f(&n["first_request_full_decode_ns"])
+    );
 }
 
 /// The oidc-agent rows: theirs beside ours, from the same run.
