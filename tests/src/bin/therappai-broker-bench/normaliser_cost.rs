@@ -46,14 +46,7 @@ fn headers_frame(stream: u32, block: &[u8]) -> Vec<u8> {
 /// The first request: every field a literal entered into the dynamic table (62..=67).
 fn first_block(authority: &str) -> Vec<u8> {
     let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/therappai.broker.v1.Broker/GetAccessToken"),
-        (":authority", authority),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ] {
+    for (name, value) in crate::raw_client::request_fields(authority) {
         literal_with_indexing(name.as_bytes(), value.as_bytes(), &mut block);
     }
     block

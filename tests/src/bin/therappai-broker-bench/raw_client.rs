@@ -27,6 +27,18 @@ const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
+/// The header fields of a GetAccessToken request, in the order gRPC clients send them.
+pub fn request_fields(authority: &str) -> [(&'static str, &str); 6] {
+    [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/therappai.broker.v1.Broker/GetAccessToken"),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+}
+
 #[derive(Debug)]
 pub struct RawClient {
     stream: BufReader<UnixStream>,
@@ -49,14 +61,7 @@ impl RawClient {
         frame_header(0, SETTINGS, 0, 0, &mut hello);
         stream.write_all(&hello).await?;
         let mut header_block = Vec::new();
-        for (name, value) in [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", "/therappai.broker.v1.Broker/GetAccessToken"),
-            (":authority", authority),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-        ] {
+        for (name, value) in request_fields(authority) {
             // Literal header field never indexed, new name (RFC 7541 §6.2.3).
             header_block.push(0x10);
             hpack_string(name.as_bytes(), &mut header_block);
