@@ -4,9 +4,9 @@
 //! `/run/…/broker.sock`, or `run%2F…`) as HTTP/2 `:authority`. The h2 crate under tonic has no
 //! option to accept that: it resets the stream with PROTOCOL_ERROR before any handler runs.
 //! This module sits between the socket and h2 on the client→server direction of each
-//! connection: it walks the HTTP/2 frames, decodes every header block (HPACK, tracking the
-//! client's dynamic table), and when a block carries an `:authority` that h2 would reject, it
-//! replaces it with `localhost`. Nothing else changes: the broker never trusts `:authority`
+//! connection: it walks the HTTP/2 frames, reads header blocks (HPACK, tracking the client's
+//! dynamic table) until the connection is settled (below), and when a block carries an
+//! `:authority` that h2 would reject, it replaces it with `localhost`. Nothing else changes: the broker never trusts `:authority`
 //! (peer identity comes from the kernel), so the value carries no meaning here.
 //!
 //! Frames other than HEADERS/CONTINUATION (DATA on the hot path) are handed to h2 in place,
