@@ -35,10 +35,8 @@ fn literal_with_indexing(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
 }
 
 fn headers_frame(stream: u32, block: &[u8]) -> Vec<u8> {
-    let len = block.len().to_be_bytes();
-    let mut out = len[len.len() - 3..].to_vec();
-    out.extend_from_slice(&[HEADERS, END_HEADERS]);
-    out.extend_from_slice(&stream.to_be_bytes());
+    let mut out = Vec::with_capacity(9 + block.len());
+    crate::raw_client::frame_header(block.len(), HEADERS, END_HEADERS, stream, &mut out);
     out.extend_from_slice(block);
     out
 }
@@ -121,7 +119,7 @@ pub async fn capture_first_request() -> anyhow::Result<Vec<u8>> {
     let mut wire = Vec::new();
     let captured = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            if let Some(end) = first_block_end(&wire) {
+            if let Some((_, end)) = captured_block(&wire) {
                 wire.truncate(end);
                 return anyhow::Ok(());
             }
@@ -137,8 +135,9 @@ pub async fn capture_first_request() -> anyhow::Result<Vec<u8>> {
     Ok(wire)
 }
 
-/// Where the first complete HEADERS frame (END_HEADERS set) after the preface ends.
-fn first_block_end(wire: &[u8]) -> Option<usize> {
+/// Where the payload of the first complete HEADERS frame (END_HEADERS set) after the
+/// preface starts and ends (tonic sends it unpadded, without priority).
+fn captured_block(wire: &[u8]) -> Option<(usize, usize)> {
     let mut at = wire.strip_prefix(PREFACE).map(|_| PREFACE.len())?;
     loop {
         let header = wire.get(at..at + 9)?;
@@ -149,7 +148,7 @@ fn first_block_end(wire: &[u8]) -> Option<usize> {
             return None;
         }
         if header[3] == HEADERS && header[4] & END_HEADERS != 0 {
-            return Some(end);
+            return Some((at + 9, end));
         }
         at = end;
     }
@@ -159,7 +158,7 @@ fn first_block_end(wire: &[u8]) -> Option<usize> {
 /// block), and for loona-hpack to decode that block alone.
 fn first_request_ns(wire: &[u8], iterations: u32, repeats: usize) -> (f64, f64) {
     let mut out = vec![0u8; 16 * 1024];
-    let block = last_frame_payload(wire);
+    let block = captured_block(wire).map_or(&wire[0..0], |(start, end)| &wire[start..end]);
     let (mut quick, mut full) = (Vec::new(), Vec::new());
     for _ in 0..repeats {
         let started = Instant::now();
@@ -184,20 +183,6 @@ fn first_request_ns(wire: &[u8], iterations: u32, repeats: usize) -> (f64, f64) 
         full.push(started.elapsed().as_nanos() as f64 / f64::from(iterations / 10));
     }
     (crate::load::median(quick), crate::load::median(full))
-}
-
-/// The payload of the last frame in `wire` (the HEADERS frame `first_block_end` found; tonic
-/// sends it unpadded, without priority).
-fn last_frame_payload(wire: &[u8]) -> &[u8] {
-    let mut at = PREFACE.len();
-    let mut payload = &wire[0..0];
-    while let Some(header) = wire.get(at..at + 9) {
-        let len =
-            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
-        payload = &wire[at + 9..at + 9 + len];
-        at += 9 + len;
-    }
-    payload
 }
 
 /// The figures, as JSON for the report; `first_request` from [`capture_first_request`].

@@ -149,7 +149,7 @@ impl RawClient {
     }
 }
 
-fn frame_header(len: usize, kind: u8, flags: u8, stream: u32, out: &mut Vec<u8>) {
+pub fn frame_header(len: usize, kind: u8, flags: u8, stream: u32, out: &mut Vec<u8>) {
     let len = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
     out.extend_from_slice(&len[1..]);
     out.extend_from_slice(&[kind, flags]);
