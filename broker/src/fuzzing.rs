@@ -58,3 +58,8 @@ pub fn check_revoke(request: &pb::RevokeRequest) -> Result<(), BrokerError> {
 pub fn first_authority_is_valid(block: &[u8]) -> Option<bool> {
     crate::authority::quick::first_authority_is_valid(block)
 }
+
+/// The normaliser's Huffman pre-pass: `block` with its Huffman-coded strings written plain.
+pub fn without_huffman(block: &[u8]) -> Option<Vec<u8>> {
+    crate::authority::plain::without_huffman(block).map(std::borrow::Cow::into_owned)
+}

@@ -12,10 +12,8 @@
 //! reference into the dynamic table, a literal name, a truncated or odd block), and then the
 //! caller decodes the block in full as before. A wrong "valid" would only hand h2 a block it
 //! refuses itself (h2 parses every block the normaliser passes); nothing here is trusted.
-//! (httlib-huffman accepts all-zero padding, which RFC 7541 §5.2 forbids: such a value is
-//! judged here, and h2 then refuses the block, as it should.)
 
-use super::TABLE_SIZE;
+use super::{TABLE_SIZE, hpack};
 
 /// Entries in the HPACK static table (RFC 7541 Appendix A); index 1 is `:authority`.
 const STATIC_ENTRIES: u64 = 61;
@@ -28,23 +26,23 @@ pub(crate) fn first_authority_is_valid(block: &[u8]) -> Option<bool> {
     while let Some(&first) = rest.first() {
         if first & 0x80 != 0 {
             // Indexed field (§6.1). Static index 1 is `:authority` with an empty value.
-            let index = integer(&mut rest, 7)?;
+            let index = hpack::integer(&mut rest, 7)?;
             if index == 0 || index > STATIC_ENTRIES || index == AUTHORITY_INDEX {
                 return None;
             }
         } else if first & 0xe0 == 0x20 {
             // Dynamic table size update (§6.3); h2 judges it when the block passes.
-            if integer(&mut rest, 5)? > TABLE_SIZE as u64 {
+            if hpack::integer(&mut rest, 5)? > TABLE_SIZE as u64 {
                 return None;
             }
         } else {
             // Literal field (§6.2.1 with indexing: 6-bit prefix; §6.2.2, §6.2.3: 4-bit).
             let prefix = if first & 0x40 != 0 { 6 } else { 4 };
-            let name = integer(&mut rest, prefix)?;
+            let name = hpack::integer(&mut rest, prefix)?;
             if name == 0 || name > STATIC_ENTRIES {
                 return None;
             }
-            let value = string(&mut rest)?;
+            let value = hpack::string(&mut rest)?;
             if name == AUTHORITY_INDEX {
                 return is_valid(value);
             }
@@ -59,46 +57,7 @@ fn is_valid((huffman, bytes): (bool, &[u8])) -> Option<bool> {
     if !huffman {
         return Some(valid(bytes));
     }
-    let mut decoded = Vec::with_capacity(bytes.len() * 8 / 5 + 1);
-    httlib_huffman::decode(bytes, &mut decoded, httlib_huffman::DecoderSpeed::FourBits).ok()?;
-    Some(valid(&decoded))
-}
-
-/// An integer with a `prefix_bits` prefix (§5.1), taken off the front of `rest`.
-fn integer(rest: &mut &[u8], prefix_bits: u32) -> Option<u64> {
-    let (&first, mut tail) = rest.split_first()?;
-    let max = (1u64 << prefix_bits) - 1;
-    let mut value = u64::from(first) & max;
-    if value == max {
-        let mut shift = 0u32;
-        loop {
-            let (&byte, next) = tail.split_first()?;
-            tail = next;
-            // Five continuation bytes exceed anything a header block can index or hold.
-            if shift > 28 {
-                return None;
-            }
-            value += u64::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-    }
-    *rest = tail;
-    Some(value)
-}
-
-/// A string literal (§5.2): whether it is Huffman-coded, and its bytes as sent.
-fn string<'a>(rest: &mut &'a [u8]) -> Option<(bool, &'a [u8])> {
-    let huffman = rest.first()? & 0x80 != 0;
-    let len = usize::try_from(integer(rest, 7)?).ok()?;
-    if len > rest.len() {
-        return None;
-    }
-    let (bytes, tail) = rest.split_at(len);
-    *rest = tail;
-    Some((huffman, bytes))
+    Some(valid(&hpack::huffman(bytes)?))
 }
 
 #[cfg(test)]
