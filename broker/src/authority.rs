@@ -20,11 +20,12 @@
 //!   authority on the same connection gets h2's PROTOCOL_ERROR for that stream (no stock
 //!   client does; each keeps one authority per channel).
 //! - invalid (a socket path, what grpcio, grpc-java and older grpcurl send): it becomes
-//!   `localhost`, and from then on every block of the connection is decoded (its Huffman
-//!   strings written out plain first, [`plain`], because loona-hpack's own Huffman decode is
-//!   slow) and re-encoded as
+//!   `localhost`, and from then on every block of the connection is decoded and re-encoded as
 //!   literals that never touch h2's dynamic table (the client's table then differs from h2's,
 //!   so no raw block may reach h2 any more).
+//!
+//! Every block that is decoded has its Huffman strings written out plain first ([`plain`]),
+//! because loona-hpack's own Huffman decode is slow.
 //!
 //! Malformed input or a header block over [`MAX_BLOCK`] ends the connection with an error;
 //! nothing here panics or buffers without bound.
@@ -245,11 +246,17 @@ impl Scanner {
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut total = 0usize;
         let mut invalid = false;
-        // Huffman strings written out plain first: loona-hpack's own Huffman decode is slow.
-        let plain = plain::without_huffman(&self.fragment);
-        let block = plain.as_deref().unwrap_or(&self.fragment);
+        // Huffman strings written out plain first: loona-hpack's own Huffman decode builds a
+        // code table per string. A block the pre-pass cannot read, loona-hpack refuses too
+        // (the fuzz target checks it), so it ends here, before that slow decode.
+        let block = plain::without_huffman(&self.fragment).ok_or_else(|| {
+            AuthorityError::Hpack(
+                "a field is cut short, has an over-long integer or a badly Huffman-coded string"
+                    .to_owned(),
+            )
+        })?;
         self.decoder
-            .decode_with_cb(block, |name, value| {
+            .decode_with_cb(&block, |name, value| {
                 total = total.saturating_add(name.len() + value.len() + 32);
                 if total <= MAX_DECODED {
                     fields.push((name.into_owned(), value.into_owned()));

@@ -170,15 +170,22 @@ const PROC_TEXT_ROOM: usize = 1024;
 const PROC_TEXT_MAX: u64 = 64 * 1024;
 
 /// Reads a procfs text file with one `read` where it fits. procfs reports a size of 0, so
-/// `fs::read_to_string` stats the file and then reads it 32 bytes at a time: seven or eight
-/// system calls a file instead of four, for each of the two files on every accepted
-/// connection.
+/// `fs::read_to_string` stats the file and then reads it in small, growing pieces (32, 32,
+/// 64, 128 bytes for a cgroup file): seven or eight system calls a file instead of four, for
+/// each of the two files on every accepted connection.
 fn read_proc_text(path: &str) -> io::Result<String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     let mut text = String::with_capacity(PROC_TEXT_ROOM);
     // Through `Take`, which has no size hint: `File`'s own read_to_string would stat it.
-    (&file).take(PROC_TEXT_MAX).read_to_string(&mut text)?;
+    (&file).take(PROC_TEXT_MAX + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > PROC_TEXT_MAX {
+        // Cut short, a cgroup path could name another unit: refuse rather than guess.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path} is longer than {PROC_TEXT_MAX} bytes"),
+        ));
+    }
     Ok(text)
 }
 
@@ -277,6 +284,9 @@ mod tests {
         std::fs::write(file.path(), &long).expect("write");
         let path = file.path().to_str().expect("utf-8 path");
         assert_eq!(read_proc_text(path).expect("read"), long);
+        // Over the bound: an error, never a shortened text.
+        std::fs::write(file.path(), "x".repeat(PROC_TEXT_MAX as usize + 1)).expect("write");
+        assert!(read_proc_text(path).is_err());
     }
 
     #[test]

@@ -13,8 +13,10 @@ pub(super) fn integer(rest: &mut &[u8], prefix_bits: u32) -> Option<u64> {
         loop {
             let (&byte, next) = tail.split_first()?;
             tail = next;
-            // Five continuation bytes exceed anything a header block can index or hold.
-            if shift > 28 {
+            // At most four continuation bytes (five octets in all): loona-hpack and h2 refuse
+            // a longer integer, so it must not be read here either (a Huffman string's length
+            // is written anew by `plain`, which would hide the over-long original).
+            if shift > 21 {
                 return None;
             }
             value += u64::from(byte & 0x7f) << shift;
@@ -98,12 +100,15 @@ mod tests {
         let mut rest: &[u8] = &[0x1f, 0x9a, 0x0a, 0x55];
         assert_eq!(integer(&mut rest, 5), Some(1337));
         assert_eq!(rest, &[0x55]);
-        // A continuation that never ends, and one past what fits.
-        assert_eq!(integer(&mut &[0x1f, 0x80][..], 5), None);
+        // Four continuation bytes is the most loona-hpack and h2 take; a fifth is refused,
+        // as is a continuation that never ends.
+        let mut four: &[u8] = &[0x7f, 0x80, 0x80, 0x80, 0x00];
+        assert_eq!(integer(&mut four, 7), Some(127));
         assert_eq!(
-            integer(&mut &[0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..], 5),
+            integer(&mut &[0x7f, 0x80, 0x80, 0x80, 0x80, 0x00][..], 7),
             None
         );
+        assert_eq!(integer(&mut &[0x1f, 0x80][..], 5), None);
     }
 
     #[test]
