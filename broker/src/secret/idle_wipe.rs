@@ -13,9 +13,14 @@
 //! it ends. General-purpose registers are left: the compiler reuses them at once, and 8
 //! bytes is less than any secret's entropy.
 
-/// How much stack below the caller is zeroed. A request's deepest frames sit about 21 KiB
-/// below a parked worker's stack pointer in a debug build (less in release); the workers'
-/// stacks are 2 MiB, so 64 KiB is a wide margin that costs about 2 µs of memset per park.
+/// How much stack below the caller is zeroed. Measured in a release build (2026-12-03, a
+/// scratch probe that found the deepest non-zero byte of this region before each wipe, over
+/// the benchmark's smoke run): a cached GetAccessToken dirties 24–32 KiB below the point
+/// where the worker parks (h2 builds the request's URI there), and the deepest paths
+/// (login, refresh, the stores) reach 57.6 KiB. So 64 KiB leaves about 6 KiB of margin and
+/// must not shrink, although it costs 1.5 µs of memset per park on an Intel host (a 32 KiB
+/// wipe, which would fit L1, costs about 0.3 µs but misses half of a cached call's frames).
+/// The memory-image test found a logged-out token 21 KiB down in a debug build.
 const STACK_WIPE_BYTES: usize = 64 * 1024;
 
 /// Zeroes [`STACK_WIPE_BYTES`] of stack below the caller and then every vector register.
