@@ -6,8 +6,9 @@
 //! This module sits between the socket and h2 on the client→server direction of each
 //! connection: it walks the HTTP/2 frames, reads header blocks (HPACK, tracking the client's
 //! dynamic table) until the connection is settled (below), and when a block carries an
-//! `:authority` that h2 would reject, it replaces it with `localhost`. Nothing else changes: the broker never trusts `:authority`
-//! (peer identity comes from the kernel), so the value carries no meaning here.
+//! `:authority` that h2 would reject, it replaces it with `localhost`. Nothing else changes:
+//! the broker never trusts `:authority` (peer identity comes from the kernel), so the value
+//! carries no meaning here.
 //!
 //! Frames other than HEADERS/CONTINUATION (DATA on the hot path) are handed to h2 in place,
 //! without copying. Which way a connection goes is settled by its first header block that
@@ -15,10 +16,10 @@
 //! - valid (`host[:port]`, what client-lib and most stock clients send): that block passes
 //!   byte for byte and the rest of the connection passes unread ([`State::Opaque`]), so the
 //!   normaliser costs nothing per call. The first block itself is usually judged without
-//!   decoding it ([`quick`]). (Decoding every block was the largest share of the
-//!   broker's own CPU on the cached path in the 2026-12-03 benchmark.) The trade-off: a client that later switches to an invalid
-//!   authority on the same connection gets h2's PROTOCOL_ERROR for that stream (no stock
-//!   client does; each keeps one authority per channel).
+//!   decoding it ([`quick`]). (Decoding every block was the largest share of the broker's
+//!   own CPU on the cached path in the 2026-12-03 benchmark.) The trade-off: a client that
+//!   later switches to an invalid authority on the same connection gets h2's PROTOCOL_ERROR
+//!   for that stream (no stock client does; each keeps one authority per channel).
 //! - invalid (a socket path, what grpcio, grpc-java and older grpcurl send): it becomes
 //!   `localhost`, and from then on every block of the connection is decoded and re-encoded as
 //!   literals that never touch h2's dynamic table (the client's table then differs from h2's,

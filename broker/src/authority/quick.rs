@@ -1,8 +1,9 @@
 //! A quick look at a header block's `:authority`, without decoding the block.
 //!
-//! Decoding a whole block with loona-hpack costs about 220 µs for the first request of a
-//! tonic connection (it builds a Huffman code table for every Huffman-coded string), paid on
-//! every new connection, so by every `therappai-brokerctl token`. But the one thing the
+//! Decoding a whole block is work on every new connection, so on every
+//! `therappai-brokerctl token` (with loona-hpack alone, 160–220 µs for tonic's first request
+//! in the 2026-12-03 benchmark runs, most of it Huffman; [`super::plain`] now takes that
+//! part off the full decode). But the one thing the
 //! normaliser needs from a connection that will turn out fine is whether its `:authority` is
 //! valid, and encoders put the pseudo-headers first, by static-table name. So this walks the
 //! representations (RFC 7541 §6) up to the first `:authority`, skipping the strings of the
