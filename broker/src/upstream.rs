@@ -250,6 +250,8 @@ impl Upstream {
         path: &str,
         body: serde_json::Value,
     ) -> Result<(u16, Vec<u8>), UpstreamError> {
+        // Held until the answer is back; the caller parses it in the same poll.
+        let _deep = crate::secret::DeepWork::begin();
         let started = std::time::Instant::now();
         let result = self.post_untimed(path, body).await;
         let elapsed = started.elapsed();

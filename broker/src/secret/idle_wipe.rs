@@ -10,30 +10,94 @@
 //! token 21 KiB below a parked worker's stack pointer, and in a worker's saved registers,
 //! in about one run in three). The broker calls [`wipe_idle_thread`] where its threads go
 //! idle: every tokio worker before it parks, and every store call on the blocking pool when
-//! it ends. General-purpose registers are left: the compiler reuses them at once, and 8
+//! it ends. How deep it wipes depends on what ran since the thread last went idle
+//! ([`DeepWork`]). General-purpose registers are left: the compiler reuses them at once, and 8
 //! bytes is less than any secret's entropy.
 
-/// How much stack below the caller is zeroed. Measured in a release build (2026-12-03, a
-/// scratch probe that found the deepest non-zero byte of this region before each wipe, over
-/// the benchmark's smoke run): a cached GetAccessToken dirties 24–32 KiB below the point
-/// where the worker parks (h2 builds the request's URI there), and the deepest paths
-/// (login, refresh, the stores) reach 57.6 KiB. So 64 KiB leaves about 6 KiB of margin and
-/// must not shrink, although it costs 1.5 µs of memset per park on an Intel host (a 32 KiB
-/// wipe, which would fit L1, costs about 0.3 µs but misses half of a cached call's frames).
-/// The memory-image test found a logged-out token 21 KiB down in a debug build.
-const STACK_WIPE_BYTES: usize = 64 * 1024;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 
-/// Zeroes [`STACK_WIPE_BYTES`] of stack below the caller and then every vector register.
+/// Stack zeroed below an ordinary park. Measured in a release build (2026-12-03, a scratch
+/// probe that found the deepest non-zero byte of the region before each wipe, over the
+/// benchmark's smoke run): a cached GetAccessToken dirties 24–32 KiB below the point where
+/// the worker parks (h2 builds the request's URI there). 48 KiB leaves half as much again
+/// and costs about 0.7 µs of memset on an Intel host (64 KiB costs 1.5 µs: it no longer
+/// fits L1). The memory-image test found a logged-out token 21 KiB down in a debug build.
+const SHALLOW_WIPE_BYTES: usize = 48 * 1024;
+
+/// Stack zeroed below a park during or after [`DeepWork`]. HTTPS through reqwest, hyper and
+/// rustls, and the stores, reach 57.6 KiB (same probe); 128 KiB more than doubles that, at
+/// about 3 µs a park, paid only around an upstream exchange (one a refresh, not a call).
+const DEEP_WIPE_BYTES: usize = 128 * 1024;
+
+/// How many [`DeepWork`]s are running, process-wide.
+static DEEP_WORK_RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Bumped when a [`DeepWork`] begins and when it ends.
+static DEEP_WORK_EDGES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// [`DEEP_WORK_EDGES`] as this thread last saw it when it went idle.
+    static EDGES_SEEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Held while secrets pass through deep call stacks: an HTTPS exchange with therappai or
+/// OpenBao, or a store call. While one runs, every thread that goes idle wipes
+/// [`DEEP_WIPE_BYTES`], and so does each thread's first idle after one began or ended.
+///
+/// Process-wide, not per task, because the work is not all in the task that holds this:
+/// hyper's connection tasks (spawned by reqwest, on any worker) decrypt the answer, and
+/// the caller parses it later in the same poll that ends the exchange.
+#[derive(Debug)]
+#[must_use = "deep work is only marked while this is held"]
+pub struct DeepWork(());
+
+impl DeepWork {
+    pub fn begin() -> Self {
+        DEEP_WORK_RUNNING.fetch_add(1, SeqCst);
+        DEEP_WORK_EDGES.fetch_add(1, SeqCst);
+        Self(())
+    }
+}
+
+impl Drop for DeepWork {
+    fn drop(&mut self) {
+        // The edge first: a thread that then sees nothing running also sees the edge.
+        DEEP_WORK_EDGES.fetch_add(1, SeqCst);
+        DEEP_WORK_RUNNING.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Whether this thread's coming idle must wipe deep.
+fn deep_work_since_last_idle() -> bool {
+    // Running first, then edges: see `DeepWork::drop`.
+    let running = DEEP_WORK_RUNNING.load(SeqCst);
+    let edges = DEEP_WORK_EDGES.load(SeqCst);
+    EDGES_SEEN.with(|seen| must_wipe_deep(seen, running, edges))
+}
+
+/// Deep while any [`DeepWork`] runs, or when one began or ended since `seen`, which this
+/// moves on to `edges`.
+fn must_wipe_deep(seen: &Cell<u64>, running: usize, edges: u64) -> bool {
+    let moved = seen.replace(edges) != edges;
+    running > 0 || moved
+}
+
+/// Zeroes the stack below the caller ([`SHALLOW_WIPE_BYTES`], or [`DEEP_WIPE_BYTES`] around
+/// [`DeepWork`]) and then every vector register.
 pub fn wipe_idle_thread() {
-    wipe_stack_below();
+    if deep_work_since_last_idle() {
+        wipe_stack_below::<DEEP_WIPE_BYTES>();
+    } else {
+        wipe_stack_below::<SHALLOW_WIPE_BYTES>();
+    }
     clear_vector_registers();
 }
 
 /// Puts a zeroed buffer in a frame of its own, below the caller's; `black_box` makes the
 /// compiler write it out rather than prove it unused.
 #[inline(never)]
-fn wipe_stack_below() {
-    let zeros = [0u8; STACK_WIPE_BYTES];
+fn wipe_stack_below<const BYTES: usize>() {
+    let zeros = [0u8; BYTES];
     std::hint::black_box(&zeros);
 }
 
@@ -129,14 +193,39 @@ mod x86_64 {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use std::arch::asm;
+
+    #[test]
+    fn a_thread_wipes_deep_while_deep_work_runs_and_once_after_each_edge() {
+        let seen = Cell::new(7);
+        assert!(!must_wipe_deep(&seen, 0, 7), "nothing happened since");
+        assert!(must_wipe_deep(&seen, 1, 8), "deep work began");
+        assert!(must_wipe_deep(&seen, 1, 8), "it is still running");
+        assert!(must_wipe_deep(&seen, 0, 9), "it ended since the last idle");
+        assert!(
+            !must_wipe_deep(&seen, 0, 9),
+            "the end was already wiped for"
+        );
+        assert!(
+            must_wipe_deep(&seen, 0, 11),
+            "one began and ended in between"
+        );
+    }
+
+    #[test]
+    fn holding_deep_work_makes_every_idle_deep() {
+        let _deep = DeepWork::begin();
+        assert!(deep_work_since_last_idle());
+        assert!(deep_work_since_last_idle());
+    }
 
     /// Loads a pattern into XMM15 (and ZMM31 where there is one), clears, and reads both back.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_registers_read_back_as_zero() {
+        use std::arch::asm;
         let pattern = [0xA5u8; 16];
         let mut xmm15 = [0u8; 16];
         // SAFETY: loads from and stores to 16-byte buffers we own; clobbers only xmm15.

@@ -300,6 +300,8 @@ impl VaultClient {
         body: Option<&serde_json::Value>,
         token: Option<&VaultCredential>,
     ) -> Result<Answer, StoreError> {
+        // Held until the answer is read; the caller parses it in the same poll.
+        let _deep = crate::secret::DeepWork::begin();
         let addresses = &self.config.addresses;
         self.prefer_active().await;
         let first = self.current.load(Ordering::Relaxed);

@@ -68,8 +68,10 @@ fn duplicate_ns(iterations: usize, repeats: usize) -> (f64, f64) {
     (crate::load::median(arena), crate::load::median(string))
 }
 
-/// Median nanoseconds of one `wipe_idle_thread()`.
-fn idle_wipe_ns(iterations: usize, repeats: usize) -> f64 {
+/// Median nanoseconds of one `wipe_idle_thread()`: an ordinary park, or (`deep`) one
+/// while an upstream exchange or store call runs.
+fn idle_wipe_ns(iterations: usize, repeats: usize, deep: bool) -> f64 {
+    let _deep = deep.then(therappai_broker::secret::DeepWork::begin);
     let mut runs = Vec::new();
     for _ in 0..repeats {
         let started = Instant::now();
@@ -87,7 +89,8 @@ pub fn measure(smoke: bool) -> serde_json::Value {
     let system = pattern_ns(&System, iterations, repeats);
     let zeroizing = pattern_ns(&ZeroizingAlloc::new(), iterations, repeats);
     let (arena, string) = duplicate_ns(iterations, repeats);
-    let idle_wipe = idle_wipe_ns(iterations / 10, repeats);
+    let idle_wipe = idle_wipe_ns(iterations / 10, repeats, false);
+    let idle_wipe_deep = idle_wipe_ns(iterations / 10, repeats, true);
     serde_json::json!({
         "pattern_bytes": PATTERN,
         "system_ns": system,
@@ -97,5 +100,6 @@ pub fn measure(smoke: bool) -> serde_json::Value {
         "string_clone_ns": string,
         "ratio_duplicate": arena / string,
         "idle_wipe_ns": idle_wipe,
+        "idle_wipe_deep_ns": idle_wipe_deep,
     })
 }

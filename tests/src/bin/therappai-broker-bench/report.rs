@@ -154,8 +154,9 @@ fn print_allocator(r: &Value) {
         f(&a["ratio_duplicate"])
     );
     println!(
-        "idle-thread wipe (64 KiB of stack and the vector registers, once per worker park): {:.0} ns",
-        f(&a["idle_wipe_ns"])
+        "idle-thread wipe (the vector registers and 48 KiB of stack, once per worker park): {:.0} ns; 128 KiB during or after an upstream exchange or store call: {:.0} ns",
+        f(&a["idle_wipe_ns"]),
+        f(&a["idle_wipe_deep_ns"])
     );
     let n = &r["normaliser"];
     println!(
