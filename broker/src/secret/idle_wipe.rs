@@ -11,8 +11,8 @@
 //! in about one run in three). The broker calls [`wipe_idle_thread`] where its threads go
 //! idle: every tokio worker before it parks, and every store call on the blocking pool when
 //! it ends. How deep it wipes depends on what ran since the thread last went idle
-//! ([`DeepWork`]). General-purpose registers are left: the compiler reuses them at once, and 8
-//! bytes is less than any secret's entropy.
+//! ([`DeepWork`]). General-purpose registers are left: the compiler reuses them at once,
+//! and 8 bytes is less than any secret's entropy.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -22,12 +22,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 /// benchmark's smoke run): a cached GetAccessToken dirties 24–32 KiB below the point where
 /// the worker parks (h2 builds the request's URI there). 48 KiB leaves half as much again
 /// and costs about 0.7 µs of memset on an Intel host (64 KiB costs 1.5 µs: it no longer
-/// fits L1). The memory-image test found a logged-out token 21 KiB down in a debug build.
+/// fits L1). Past 48 KiB at ordinary parks the probe found only frames that hold no secret:
+/// the accept path's peer reads, and Status and Logout handlers (whose secrets pass through
+/// [`DeepWork`]). The memory-image test found a logged-out token 21 KiB down in a debug
+/// build.
 const SHALLOW_WIPE_BYTES: usize = 48 * 1024;
 
 /// Stack zeroed below a park during or after [`DeepWork`]. HTTPS through reqwest, hyper and
-/// rustls, and the stores, reach 57.6 KiB (same probe); 128 KiB more than doubles that, at
-/// about 3 µs a park, paid only around an upstream exchange (one a refresh, not a call).
+/// rustls, and the stores, reached 56.8 and 57.6 KiB in two runs of the same probe; 128 KiB
+/// more than doubles that, at about 3 µs a park, paid around a refresh, a login or a store
+/// call, never for a cached token.
 const DEEP_WIPE_BYTES: usize = 128 * 1024;
 
 /// How many [`DeepWork`]s are running, process-wide.
