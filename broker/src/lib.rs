@@ -99,17 +99,13 @@ impl Daemon {
         systemd_socket: Option<std::os::unix::net::UnixListener>,
     ) -> Result<Self, StartError> {
         let store_config = config.store.clone();
+        // Opening reads credentials and derives keys: wiped as after any store call.
         let store = tokio::task::spawn_blocking(move || {
-            // Opening reads credentials and derives keys; wipe as after any store call.
-            let deep = secret::DeepWork::begin();
-            let opened = match store_config.backend {
+            secret::deep_work_then_wipe(|| match store_config.backend {
                 store::BackendChoice::Vault => store::open_vault(&store_config)
                     .map(|fleet| StoreHandle::fleet_store(Arc::new(fleet))),
                 _ => store::open(&store_config).map(StoreHandle::new),
-            };
-            secret::wipe_idle_thread();
-            drop(deep);
-            opened
+            })
         })
         .await
         .map_err(|e| StartError::Upstream(format!("store start-up task failed: {e}")))??;

@@ -14,7 +14,7 @@ use arena::SecretBytes;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-pub use idle_wipe::{DeepWork, wipe_idle_thread};
+pub use idle_wipe::{DeepWork, deep_work_then_wipe, wipe_idle_thread};
 
 /// First 8 hex digits of SHA-256 of a secret: enough to correlate log lines, useless to an
 /// attacker.

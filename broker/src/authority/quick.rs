@@ -3,11 +3,11 @@
 //! Decoding a whole block is work on every new connection, so on every
 //! `therappai-brokerctl token` (with loona-hpack alone, 160–220 µs for tonic's first request
 //! in the 2026-12-03 benchmark runs, most of it Huffman; [`super::plain`] now takes that
-//! part off the full decode). But the one thing the
-//! normaliser needs from a connection that will turn out fine is whether its `:authority` is
-//! valid, and encoders put the pseudo-headers first, by static-table name. So this walks the
-//! representations (RFC 7541 §6) up to the first `:authority`, skipping the strings of the
-//! fields before it by their length, and decodes only that one value.
+//! part off the full decode). But the one thing the normaliser needs from a connection
+//! that will turn out fine is whether its `:authority` is valid, and encoders put the
+//! pseudo-headers first, by static-table name. So this walks the representations (RFC 7541
+//! §6) up to the first `:authority`, skipping the strings of the fields before it by their
+//! length, and decodes only that one value.
 //!
 //! It answers only for the common shape and says "don't know" for everything else (a
 //! reference into the dynamic table, a literal name, a truncated or odd block), and then the

@@ -71,6 +71,17 @@ impl Drop for DeepWork {
     }
 }
 
+/// Runs `work`, a blocking call that handles secrets (a store call, opening the store), on
+/// this thread as [`DeepWork`], then wipes the thread as deep as such work reaches: the
+/// blocking pool's threads may idle for seconds holding its last bytes.
+pub fn deep_work_then_wipe<T>(work: impl FnOnce() -> T) -> T {
+    let deep = DeepWork::begin();
+    let result = work();
+    wipe_idle_thread();
+    drop(deep);
+    result
+}
+
 /// Whether this thread's coming idle must wipe deep.
 fn deep_work_since_last_idle() -> bool {
     // Running first, then edges: see `DeepWork::drop`.

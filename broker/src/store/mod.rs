@@ -443,14 +443,11 @@ impl StoreHandle {
                 // The turn moves into the blocking call and is given back when it returns
                 // (or unwinds), never when this future stops waiting.
                 let task = tokio::task::spawn_blocking(move || {
-                    let deep = crate::secret::DeepWork::begin();
-                    let result = call(inner.as_ref());
-                    drop::<lanes::Turn>(turn);
-                    // This thread may now idle for seconds holding the secret's last bytes;
-                    // `deep` is still held, so the wipe reaches as far as a store call does.
-                    crate::secret::wipe_idle_thread();
-                    drop(deep);
-                    result
+                    crate::secret::deep_work_then_wipe(|| {
+                        let result = call(inner.as_ref());
+                        drop::<lanes::Turn>(turn);
+                        result
+                    })
                 });
                 match tokio::time::timeout_at(deadline, task).await {
                     Ok(Ok(result)) => result,
